@@ -1,0 +1,74 @@
+r"""Forward-error bounds for a convolution site evaluated in floating point.
+
+A site computes, per output element, ``y = (sum_k x_k w_k + b - sub) * mul + add`` (no tail: ``mul = 1``,
+``sub = add = 0``). An engine may evaluate it fused, ``sum_k x_k w'_k + b'`` with ``w' = fl(w * mul)``, or
+unfused, conv first then the per-channel affine map, in any summation order (blocked, GEMM, FMA).
+
+Derivation (Higham, *Accuracy and Stability of Numerical Algorithms*, ch. 3): with unit roundoff ``u`` and
+``gamma_n = n u / (1 - n u)``, a dot product of ``n`` terms computed in any order satisfies
+``|fl(s) - s| <= gamma_n * sum |x_k w_k|``. The site adds at most ``K + 1`` terms (``K`` products and the bias),
+the rounding of the folded weights adds one factor ``(1 + delta)`` per product, and the unfused tail adds at most
+seven more roundings (``mul`` from ``scale / sqrt(var + eps)``: three; the subtraction, multiplication and
+addition: three; the output: one). Each rounding multiplies a term by some ``(1 + delta)``, and a product of
+``m`` such factors lies within ``gamma_m``, so with ``M = sum |x_k| |w_k| |mul| + |mul| (|b| + |sub|) + |add|``,
+
+.. math::
+
+    |\hat y - y| \le \gamma_{K + 8}(u)\, M
+
+covers both evaluation orders. The float64 reference itself errs by at most ``gamma_{K+8}(2^{-53}) M``, and
+``M`` is computed in float64 with a relative error below the same amount; the returned bound adds both.
+Engines that use Winograd or FFT convolution are *not* covered: their error is larger than any summation order's.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fusion import attrs, ops
+from fusion.affine import ChannelAffine
+from fusion.fold import output_channel_view
+
+EXTRA_ROUNDINGS = 8
+
+
+def unit_roundoff(dtype) -> float:
+    """``u = eps / 2``: 2**-24 for float32, 2**-53 for float64."""
+    return float(np.finfo(dtype).eps) / 2
+
+
+def gamma(n: int, u: float) -> float:
+    """``n u / (1 - n u)``; infinite once ``n u >= 1`` (no bound is possible)."""
+    nu = n * u
+    return nu / (1 - nu) if nu < 1 else float("inf")
+
+
+def site_bound(x, w, b=None, affine: ChannelAffine | None = None, *, transposed: bool, dtype=np.float32,
+               group=1, strides=None, pads=None, dilations=None, output_padding=None, output_shape=None,
+               auto_pad="NOTSET", kernel_shape=None) -> np.ndarray:
+    """Per-element bound on ``|engine - exact|`` for ``affine(conv(x, w) + b)`` evaluated in ``dtype``.
+
+    ``x: (N, C_in, *S)``; ``w`` in the ONNX layout of the op (ConvTranspose ``(C_in, C_out/group, *k)``,
+    Conv ``(C_out, C_in/group, *k)``); ``affine`` is the BN/Scale tail (``None``: no tail). Returns an array of
+    the output's shape.
+    """
+    x64 = np.abs(np.asarray(x, np.float64))
+    w64 = np.abs(np.asarray(w, np.float64))
+    geometry = dict(group=group, strides=strides, pads=pads, dilations=dilations, auto_pad=auto_pad,
+                    kernel_shape=kernel_shape)
+    if transposed:
+        geometry.update(output_padding=output_padding, output_shape=output_shape)
+    geo = attrs.resolve(x64.shape, w64.shape, transposed=transposed, **geometry)
+    if affine is None:
+        mul, sub, add = np.ones(geo.c_out), np.zeros(geo.c_out), np.zeros(geo.c_out)
+    else:
+        mul, sub, add = np.abs(affine.mul), np.abs(affine.sub), np.abs(affine.add)
+    view, vector_shape = output_channel_view(w64, geo.group, transposed)
+    w_scaled = (view * mul.reshape(vector_shape)).reshape(w64.shape)
+    b_abs = np.zeros(geo.c_out) if b is None else np.abs(np.asarray(b, np.float64))
+    constant = mul * (b_abs + sub) + add
+    convolve = ops.conv_transpose if transposed else ops.conv
+    magnitude = convolve(x64, w_scaled, constant, **geometry)
+    n = geo.reduction_length + EXTRA_ROUNDINGS
+    u64 = unit_roundoff(np.float64)
+    return (gamma(n, unit_roundoff(dtype)) + 2 * gamma(n, u64)) * magnitude

@@ -1,0 +1,127 @@
+"""Direct ConvTranspose and Conv kernels on 3 spatial axes, parallel over (batch, output channel).
+
+Each parallel task owns one output plane ``y[n, oc]`` and writes nothing else, so no two threads ever add
+into the same element. Layouts: ConvTranspose ``w: (c_in, c_out/group, kd, kh, kw)``, Conv
+``w: (c_out, c_in/group, kd, kh, kw)``; ``x: (n, c_in, d, h, w)``, ``y: (n, c_out, od, oh, ow)``.
+"""
+
+from numba import njit, prange
+
+from fusion.kernels.config import PARALLEL, SERIAL
+
+
+@njit(**SERIAL)
+def valid_range(offset, stride, n_src, n_dst):
+    """Half-open ``[lo, hi)`` of ``i`` in ``[0, n_src)`` with ``0 <= i*stride + offset < n_dst``."""
+    lo = -(offset // stride)  # ceil(-offset / stride)
+    hi = (n_dst - 1 - offset) // stride + 1
+    if lo < 0:
+        lo = 0
+    if hi > n_src:
+        hi = n_src
+    if hi < lo:
+        hi = lo
+    return lo, hi
+
+
+@njit(**SERIAL)
+def conv_transpose_plane(x, w, n, oc, group, strides, dilations, pads_begin, out):
+    """Accumulate into ``out = y[n, oc]`` every product ``x[n, ci, i] * w[ci, j, t]`` that lands on it."""
+    c_in = x.shape[1]
+    c_out_g = w.shape[1]
+    c_in_g = c_in // group
+    g = oc // c_out_g
+    j = oc - g * c_out_g
+    sd, sh, sw = strides
+    dd, dh, dw = dilations
+    pd, ph, pw = pads_begin
+    out_d, out_h, out_w = out.shape
+    in_d, in_h, in_w = x.shape[2], x.shape[3], x.shape[4]
+    for ci in range(g * c_in_g, (g + 1) * c_in_g):
+        plane = x[n, ci]
+        for kd in range(w.shape[2]):
+            off_d = kd * dd - pd
+            d_lo, d_hi = valid_range(off_d, sd, in_d, out_d)
+            for kh in range(w.shape[3]):
+                off_h = kh * dh - ph
+                h_lo, h_hi = valid_range(off_h, sh, in_h, out_h)
+                for kw in range(w.shape[4]):
+                    off_w = kw * dw - pw
+                    w_lo, w_hi = valid_range(off_w, sw, in_w, out_w)
+                    tap = w[ci, j, kd, kh, kw]
+                    for i_d in range(d_lo, d_hi):
+                        od = i_d * sd + off_d
+                        for i_h in range(h_lo, h_hi):
+                            row_out = out[od, i_h * sh + off_h]
+                            row_in = plane[i_d, i_h]
+                            for i_w in range(w_lo, w_hi):
+                                row_out[i_w * sw + off_w] += tap * row_in[i_w]
+
+
+@njit(**SERIAL)
+def conv_plane(x, w, n, oc, group, strides, dilations, pads_begin, out):
+    """Accumulate into ``out = y[n, oc]`` every product ``x[n, ci, i] * w[oc, ci_g, t]`` it reads."""
+    c_in = x.shape[1]
+    c_out_g = w.shape[0] // group
+    c_in_g = c_in // group
+    g = oc // c_out_g
+    sd, sh, sw = strides
+    dd, dh, dw = dilations
+    pd, ph, pw = pads_begin
+    out_d, out_h, out_w = out.shape
+    in_d, in_h, in_w = x.shape[2], x.shape[3], x.shape[4]
+    for ci_g in range(c_in_g):
+        plane = x[n, g * c_in_g + ci_g]
+        for kd in range(w.shape[2]):
+            off_d = kd * dd - pd
+            d_lo, d_hi = valid_range(off_d, sd, out_d, in_d)
+            for kh in range(w.shape[3]):
+                off_h = kh * dh - ph
+                h_lo, h_hi = valid_range(off_h, sh, out_h, in_h)
+                for kw in range(w.shape[4]):
+                    off_w = kw * dw - pw
+                    w_lo, w_hi = valid_range(off_w, sw, out_w, in_w)
+                    tap = w[oc, ci_g, kd, kh, kw]
+                    for o_d in range(d_lo, d_hi):
+                        i_d = o_d * sd + off_d
+                        for o_h in range(h_lo, h_hi):
+                            row_out = out[o_d, o_h]
+                            row_in = plane[i_d, o_h * sh + off_h]
+                            for o_w in range(w_lo, w_hi):
+                                row_out[o_w] += tap * row_in[o_w * sw + off_w]
+
+
+@njit(**PARALLEL)
+def conv_transpose_3d(x, w, b, group, strides, dilations, pads_begin, y):
+    """``y = ConvTranspose(x, w) + b``; ``y`` is allocated by the caller with the resolved output shape."""
+    n_batch, c_out = y.shape[0], y.shape[1]
+    for task in prange(n_batch * c_out):
+        n, oc = task // c_out, task % c_out
+        out = y[n, oc]
+        out[...] = b[oc]
+        conv_transpose_plane(x, w, n, oc, group, strides, dilations, pads_begin, out)
+
+
+@njit(**PARALLEL)
+def conv_transpose_affine_3d(x, w, b, group, strides, dilations, pads_begin, mul, sub, add, y):
+    """``y = (ConvTranspose(x, w) + b - sub) * mul + add`` per channel, applied as each plane is finished."""
+    n_batch, c_out = y.shape[0], y.shape[1]
+    for task in prange(n_batch * c_out):
+        n, oc = task // c_out, task % c_out
+        out = y[n, oc]
+        out[...] = b[oc]
+        conv_transpose_plane(x, w, n, oc, group, strides, dilations, pads_begin, out)
+        flat = out.reshape(-1)
+        for k in range(flat.shape[0]):
+            flat[k] = (flat[k] - sub[oc]) * mul[oc] + add[oc]
+
+
+@njit(**PARALLEL)
+def conv_3d(x, w, b, group, strides, dilations, pads_begin, y):
+    """``y = Conv(x, w) + b``; ``y`` is allocated by the caller with the resolved output shape."""
+    n_batch, c_out = y.shape[0], y.shape[1]
+    for task in prange(n_batch * c_out):
+        n, oc = task // c_out, task % c_out
+        out = y[n, oc]
+        out[...] = b[oc]
+        conv_plane(x, w, n, oc, group, strides, dilations, pads_begin, out)

@@ -1,0 +1,151 @@
+"""Public ops: validate, resolve ONNX attributes once, allocate, call a Numba kernel.
+
+numpy in, numpy out. Supported dtypes are float32 and float64; the output has the dtype of ``x`` and the
+weights and bias are cast to it (as an engine evaluating the model in that precision would).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from fusion import attrs
+from fusion.affine import ChannelAffine, batch_norm_affine, scale_affine
+from fusion.errors import FusionInputError
+from fusion.kernels.affine import channel_affine_3d
+from fusion.kernels.conv import conv_3d, conv_transpose_3d, conv_transpose_affine_3d
+
+DTYPES = (np.float32, np.float64)
+
+
+def _input(x, node: str) -> np.ndarray:
+    x = np.asarray(x)
+    if x.dtype not in DTYPES:
+        raise FusionInputError(f"x has dtype {x.dtype}; supported are float32 and float64", node=node)
+    return x if x.flags.c_contiguous else x.copy(order="C")  # (ascontiguousarray would make 0-d arrays 1-d)
+
+
+def _like(array, dtype, name: str, node: str) -> np.ndarray:
+    array = np.asarray(array)
+    if array.dtype.kind not in "fiu":
+        raise FusionInputError(f"{name} must be numeric, got dtype {array.dtype}", node=node)
+    return np.ascontiguousarray(array, dtype=dtype)
+
+
+def _bias(b, channels: int, dtype, node: str) -> np.ndarray:
+    if b is None:
+        return np.zeros(channels, dtype)
+    b = _like(b, dtype, "b", node)
+    if b.shape != (channels,):
+        raise FusionInputError(f"bias has shape {b.shape}, expected ({channels},)", node=node)
+    return b
+
+
+def _lift(array: np.ndarray) -> np.ndarray:
+    """View ``(a, b, *S)`` with 1-3 spatial axes as ``(a, b, d, h, w)`` by prepending unit axes."""
+    spatial = array.shape[2:]
+    return array.reshape(array.shape[:2] + (1,) * (3 - len(spatial)) + spatial)
+
+
+def _lift_ints(values: tuple[int, ...], fill: int) -> tuple[int, int, int]:
+    return (fill,) * (3 - len(values)) + tuple(values)
+
+
+def _run_conv(kernel, x, w, b, geo: attrs.ConvGeometry, *extra) -> np.ndarray:
+    y = np.empty((geo.batch, geo.c_out) + geo.output_shape, dtype=x.dtype)
+    kernel(_lift(x), _lift(w), b, geo.group, _lift_ints(geo.strides, 1), _lift_ints(geo.dilations, 1),
+           _lift_ints(geo.pads_begin, 0), *extra, _lift(y))
+    return y
+
+
+def conv_transpose(x, w, b=None, *, group=1, strides=None, pads=None, dilations=None, output_padding=None,
+                   output_shape=None, auto_pad="NOTSET", kernel_shape=None) -> np.ndarray:
+    """ONNX ConvTranspose (opset 11+), 1-D to 3-D.
+
+    Parameters
+    ----------
+    x : (N, C_in, *S) float32 or float64
+    w : (C_in, C_out/group, *k)
+        ConvTranspose layout: input channel ``ci`` of group ``g`` feeds output channel
+        ``g*(C_out/group) + j`` through ``w[ci, j]``.
+    b : (C_out,), optional
+    group, strides, pads, dilations, output_padding, output_shape, auto_pad, kernel_shape
+        As in the ONNX spec.
+
+    Returns
+    -------
+    y : (N, C_out, *O) in the dtype of ``x``
+    """
+    x = _input(x, "conv_transpose")
+    w = _like(w, x.dtype, "w", "conv_transpose")
+    geo = attrs.resolve(x.shape, w.shape, transposed=True, group=group, strides=strides, pads=pads,
+                        dilations=dilations, output_padding=output_padding, output_shape=output_shape,
+                        auto_pad=auto_pad, kernel_shape=kernel_shape)
+    return _run_conv(conv_transpose_3d, x, w, _bias(b, geo.c_out, x.dtype, "conv_transpose"), geo)
+
+
+def conv(x, w, b=None, *, group=1, strides=None, pads=None, dilations=None, auto_pad="NOTSET",
+         kernel_shape=None) -> np.ndarray:
+    """ONNX Conv, 1-D to 3-D.
+
+    Parameters
+    ----------
+    x : (N, C_in, *S) float32 or float64
+    w : (C_out, C_in/group, *k)
+        Conv layout: output channel ``oc`` of group ``g = oc // (C_out/group)`` reads input channels
+        ``g*(C_in/group) ...`` through ``w[oc]``.
+    b : (C_out,), optional
+
+    Returns
+    -------
+    y : (N, C_out, *O) in the dtype of ``x``
+    """
+    x = _input(x, "conv")
+    w = _like(w, x.dtype, "w", "conv")
+    geo = attrs.resolve(x.shape, w.shape, transposed=False, group=group, strides=strides, pads=pads,
+                        dilations=dilations, auto_pad=auto_pad, kernel_shape=kernel_shape)
+    return _run_conv(conv_3d, x, w, _bias(b, geo.c_out, x.dtype, "conv"), geo)
+
+
+def channel_affine(x, affine: ChannelAffine, *, node: str = "channel_affine") -> np.ndarray:
+    """``y[:, c] = (x[:, c] - sub[c]) * mul[c] + add[c]`` for ``x: (N, C, *S)``, each element rounded once."""
+    x = _input(x, node)
+    if x.ndim < 2 or x.shape[1] != affine.channels:
+        raise FusionInputError(f"input shape {x.shape} does not have {affine.channels} channels on axis 1",
+                               node=node)
+    y = np.empty_like(x)
+    flat = (x.shape[0], x.shape[1], -1)
+    channel_affine_3d(x.reshape(flat), affine.mul, affine.sub, affine.add, y.reshape(flat))
+    return y
+
+
+def batch_norm(x, scale, bias, mean, var, epsilon=1e-5) -> np.ndarray:
+    """Inference BatchNormalization: ``y = scale * (x - mean) / sqrt(var + epsilon) + bias`` per channel.
+
+    ``x: (N, C, *S)``; ``scale, bias, mean, var: (C,)``. Rejects ``var + epsilon <= 0`` and non-finite stats.
+    """
+    channels = np.shape(x)[1] if np.ndim(x) >= 2 else None
+    return channel_affine(x, batch_norm_affine(scale, bias, mean, var, epsilon, channels=channels),
+                          node="batch_norm")
+
+
+def scale(x, scale, bias=None) -> np.ndarray:
+    """Per-channel Scale (MNN/Caffe): ``y = scale[c] * x + bias[c]``, bias 0 when None. ``x: (N, C, *S)``."""
+    channels = np.shape(x)[1] if np.ndim(x) >= 2 else None
+    return channel_affine(x, scale_affine(scale, bias, channels=channels), node="scale")
+
+
+def conv_transpose_channel_affine(x, w, b, affine: ChannelAffine, *, group=1, strides=None, pads=None,
+                                  dilations=None, output_padding=None, output_shape=None, auto_pad="NOTSET",
+                                  kernel_shape=None) -> np.ndarray:
+    """Epilogue-fused ``affine(conv_transpose(x, w, b))``: the affine map is applied as each output plane is
+    finished, so BN or Scale costs no extra pass over memory and the weights stay unfolded."""
+    x = _input(x, "conv_transpose")
+    w = _like(w, x.dtype, "w", "conv_transpose")
+    geo = attrs.resolve(x.shape, w.shape, transposed=True, group=group, strides=strides, pads=pads,
+                        dilations=dilations, output_padding=output_padding, output_shape=output_shape,
+                        auto_pad=auto_pad, kernel_shape=kernel_shape)
+    if affine.channels != geo.c_out:
+        raise FusionInputError(f"affine map has {affine.channels} channels, the ConvTranspose has {geo.c_out}",
+                               node="conv_transpose")
+    return _run_conv(conv_transpose_affine_3d, x, w, _bias(b, geo.c_out, x.dtype, "conv_transpose"), geo,
+                     affine.mul, affine.sub, affine.add)

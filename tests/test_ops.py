@@ -1,0 +1,133 @@
+"""The Numba kernels agree with the float64 reference and with onnxruntime; impulses land on the right tap."""
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import fusion
+from fusion import reference
+from fusion.bounds import site_bound
+from fusion.compare import compare
+from onnx_models import run_ort, single_node_model
+from strategies import arrays_for, conv_configs
+
+
+def _function(module, transposed):
+    return module.conv_transpose if transposed else module.conv
+
+
+@pytest.mark.parametrize("transposed", [True, False], ids=["ConvTranspose", "Conv"])
+@given(data=st.data())
+def test_kernels_match_reference_in_both_precisions(transposed, data):
+    config = data.draw(conv_configs(transposed=transposed))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    x, w, b = arrays_for(config, rng, np.float64)
+    attributes = config["attributes"]
+    expected = _function(reference, transposed)(x, w, b, **attributes)
+    for dtype in (np.float64, np.float32):
+        xd, wd = x.astype(dtype), w.astype(dtype)
+        bd = None if b is None else b.astype(dtype)
+        actual = _function(fusion, transposed)(xd, wd, bd, **attributes)
+        assert actual.dtype == dtype
+        exact = _function(reference, transposed)(xd, wd, bd, **attributes)
+        bound = site_bound(xd, wd, bd, transposed=transposed, dtype=dtype, **attributes)
+        result = compare(actual, exact, bound=bound)
+        assert result.passed, result.summary()
+    np.testing.assert_allclose(_function(fusion, transposed)(x, w, b, **attributes), expected, rtol=1e-12,
+                               atol=1e-12 * max(1.0, float(np.abs(expected).max())))
+
+
+@pytest.mark.parametrize("transposed", [True, False], ids=["ConvTranspose", "Conv"])
+@given(data=st.data())
+def test_kernels_match_onnxruntime(transposed, data):
+    config = data.draw(conv_configs(transposed=transposed, ort_compatible=True))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    x, w, b = arrays_for(config, rng)
+    initializers = {"w": w} if b is None else {"w": w, "b": b}
+    model = single_node_model("ConvTranspose" if transposed else "Conv", x.shape, initializers,
+                              config["attributes"])
+    engine = run_ort(model, x)
+    ours = _function(fusion, transposed)(x, w, b, **config["attributes"])
+    exact = _function(reference, transposed)(x, w, b, **config["attributes"])
+    bound = site_bound(x, w, b, transposed=True if transposed else False, **config["attributes"])
+    assert ours.shape == engine.shape
+    assert compare(ours, exact, bound=bound).passed
+    assert compare(engine, exact, bound=bound).passed, compare(engine, exact, bound=bound).summary()
+
+
+@given(data=st.data())
+def test_batch_norm_and_scale_match_reference_and_onnxruntime(data):
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    rank = data.draw(st.integers(0, 3))
+    channels = data.draw(st.integers(1, 5))
+    x = rng.standard_normal((data.draw(st.integers(1, 2)), channels) + (3,) * rank).astype(np.float32)
+    scale, bias, mean = (rng.standard_normal(channels).astype(np.float32) for _ in range(3))
+    var = rng.uniform(0.01, 3, channels).astype(np.float32)
+    epsilon = data.draw(st.sampled_from([1e-5, 1e-3, 0.0]))
+    ours = fusion.batch_norm(x, scale, bias, mean, var, epsilon)
+    expected = reference.batch_norm(x, scale, bias, mean, var, epsilon)
+    # one rounding of a float64 result into float32: within half an ulp
+    assert compare(ours, expected).ulp_max <= 1
+    model = single_node_model("BatchNormalization", x.shape, {"s": scale, "b": bias, "m": mean, "v": var},
+                              {"epsilon": epsilon})
+    assert np.allclose(run_ort(model, x), expected, rtol=1e-5, atol=1e-5 * max(1.0, float(np.abs(expected).max())))
+    np.testing.assert_array_equal(fusion.scale(x, scale, bias), reference.scale(x, scale, bias).astype(np.float32))
+    np.testing.assert_array_equal(fusion.scale(x, scale), reference.scale(x, scale).astype(np.float32))
+
+
+@pytest.mark.parametrize("rank", [1, 2, 3])
+def test_conv_transpose_impulse_pins_each_output_to_its_tap(rank):
+    """One-hot input and power-of-two weights: each output value names the tap (and group) that fed it."""
+    group, c_in_g, c_out_g = 2, 1, 2
+    kernel, strides, dilations, pads = (3,) * rank, (2,) * rank, (2,) * rank, (1,) * rank + (0,) * rank
+    w = np.zeros((group * c_in_g, c_out_g) + kernel)
+    codes = {}
+    for index in np.ndindex(w.shape):
+        codes[index] = len(codes)
+        w[index] = 2.0 ** -codes[index]  # distinct powers of two: any sum of them is exact and decodable
+    spatial = (4,) * rank
+    for ci in range(group * c_in_g):
+        for position in [(0,) * rank, (3,) * rank, (1,) + (2,) * (rank - 1)]:
+            x = np.zeros((1, group * c_in_g) + spatial)
+            x[(0, ci) + position] = 1.0
+            y = fusion.conv_transpose(x, w, group=group, strides=strides, dilations=dilations, pads=pads)
+            expected = np.zeros_like(y)
+            g = ci // c_in_g
+            for j in range(c_out_g):
+                for tap in np.ndindex(kernel):
+                    out = tuple(p * s + t * d - b for p, s, t, d, b in zip(position, strides, tap, dilations, pads))
+                    if all(0 <= o < n for o, n in zip(out, y.shape[2:])):
+                        expected[(0, g * c_out_g + j) + out] += w[(ci, j) + tap]
+            np.testing.assert_array_equal(y, expected)
+            np.testing.assert_array_equal(reference.conv_transpose(x, w, group=group, strides=strides,
+                                                                   dilations=dilations, pads=pads), expected)
+
+
+@pytest.mark.parametrize("rank", [1, 2, 3])
+def test_conv_impulse_pins_each_output_to_its_tap(rank):
+    group, c_in_g, c_out_g = 2, 2, 1
+    kernel, strides, dilations, pads = (2,) * rank, (1,) * rank, (2,) * rank, (1,) * rank + (1,) * rank
+    w = np.zeros((group * c_out_g, c_in_g) + kernel)
+    for code, index in enumerate(np.ndindex(w.shape)):
+        w[index] = 2.0 ** -code
+    x = np.zeros((1, group * c_in_g) + (4,) * rank)
+    ci, position = 3, (2,) * rank
+    x[(0, ci) + position] = 1.0
+    y = fusion.conv(x, w, group=group, strides=strides, dilations=dilations, pads=pads)
+    expected = np.zeros_like(y)
+    g, ci_g = divmod(ci, c_in_g)
+    for oc in range(g * c_out_g, (g + 1) * c_out_g):
+        for out in np.ndindex(y.shape[2:]):
+            for tap in np.ndindex(kernel):
+                if tuple(o * s + t * d - p for o, s, t, d, p in zip(out, strides, tap, dilations, pads)) == position:
+                    expected[(0, oc) + out] += w[(oc, ci_g) + tap]
+    np.testing.assert_array_equal(y, expected)
+    assert np.count_nonzero(y) > 0
+
+
+def test_output_dtype_follows_input_and_weights_are_cast():
+    x = np.ones((1, 2, 3), np.float32)
+    w = np.ones((2, 1, 2), np.float64)
+    assert fusion.conv_transpose(x, w, group=2).dtype == np.float32
+    assert fusion.conv(x.astype(np.float64), w.astype(np.float32), group=2).dtype == np.float64
