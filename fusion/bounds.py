@@ -72,3 +72,24 @@ def site_bound(x, w, b=None, affine: ChannelAffine | None = None, *, transposed:
     n = geo.reduction_length + EXTRA_ROUNDINGS
     u64 = unit_roundoff(np.float64)
     return (gamma(n, unit_roundoff(dtype)) + 2 * gamma(n, u64)) * magnitude
+
+
+def fold_bounds(w, b=None, affine: ChannelAffine | None = None, *, group: int = 1, transposed: bool,
+                dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
+    """Per-element bounds on an engine's folded ``(w', b')`` computed in ``dtype`` from ``w``, ``b`` and the tail.
+
+    The engine computes ``mul`` (up to three roundings), the product ``w * mul`` (one) and
+    ``b' = (b - sub) * mul + add`` (three more), so ``|dw'| <= gamma_8 |w| |mul|`` and
+    ``|db'| <= gamma_8 (|mul| (|b| + |sub|) + |add|)``; eight covers both with room for a final cast.
+    """
+    w64 = np.abs(np.asarray(w, np.float64))
+    channels = w64.shape[1] * group if transposed else w64.shape[0]
+    if affine is None:
+        mul, sub, add = np.ones(channels), np.zeros(channels), np.zeros(channels)
+    else:
+        mul, sub, add = np.abs(affine.mul), np.abs(affine.sub), np.abs(affine.add)
+    view, vector_shape = output_channel_view(w64, group, transposed)
+    factor = gamma(EXTRA_ROUNDINGS, unit_roundoff(dtype)) + 2 * gamma(EXTRA_ROUNDINGS, unit_roundoff(np.float64))
+    w_bound = factor * (view * mul.reshape(vector_shape)).reshape(w64.shape)
+    b_abs = np.zeros(channels) if b is None else np.abs(np.asarray(b, np.float64))
+    return w_bound, factor * (mul * (b_abs + sub) + add)

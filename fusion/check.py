@@ -1,0 +1,272 @@
+"""Judge an engine's fused result at every site of an ONNX model, two ways, and explain each failure.
+
+(a) Output: feed the site the activation the unfused ONNX model produces there (onnxruntime, optimizations off),
+run the engine's converted site, and compare with the float64 reference within the computed error bound.
+(b) Parameters: read the engine's fused weights and bias (plus any tail op it kept), and compare with
+``fusion.fold`` applied to the ONNX parameters within the folding error bound.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnx
+
+from fusion import legacy, ops
+from fusion.bounds import fold_bounds, site_bound
+from fusion.compare import Comparison, compare
+from fusion.diagnose import matching, per_channel, scale_sources
+from fusion.engines.base import Engine, EngineFailure, EngineParams
+from fusion.engines.onnxruntime import activations, input_shapes, random_feeds
+from fusion.fold import fold_affine, output_channel_view
+from fusion.graph import build
+from fusion.graph.model import Graph, load
+from fusion.graph.sites import Site, find_sites
+
+LEGACY = "scale applied per input channel instead of per output channel within each group (the MNN <= 2.9.1 " \
+         "per-group misindexing of the ConvTranspose weight)"
+BIAS_MISSING = "bias missing (output = reference - bias per channel)"
+CONV_BIAS_DROPPED = "conv bias dropped before the fold (output = reference - scale*conv_bias per channel)"
+TAIL_NOT_APPLIED = "BatchNormalization/Scale not applied (output = the bare convolution)"
+WEIGHTS_UNSCALED = "weights not scaled by the BatchNormalization/Scale"
+BIAS_NOT_FOLDED = "bias not folded (still the convolution's own bias)"
+
+
+@dataclass
+class ParamCheck:
+    """The engine's fused parameters against ``fusion.fold``: weights and bias (bias ``None``: not judged)."""
+
+    weight: Comparison | None
+    bias: Comparison | None
+    passed: bool
+    kept_tail: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SiteVerdict:
+    index: int
+    label: str
+    description: str
+    op: str
+    tail: str
+    group: int
+    rank: int
+    attributes: dict
+    status: str  # "pass" or "fail"
+    explanations: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    output: Comparison | None = None
+    params: ParamCheck | None = None
+    failures: list[dict] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "pass"
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["attributes"] = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in self.attributes.items()}
+        return data
+
+
+@dataclass
+class ModelReport:
+    model: str
+    engine: str
+    sites: list[SiteVerdict]
+    seconds: float
+    seed: int
+
+    @property
+    def passed(self) -> bool:
+        return all(site.passed for site in self.sites)
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, "engine": self.engine, "seed": self.seed, "seconds": round(self.seconds, 3),
+                "passed": self.passed, "sites": [site.to_dict() for site in self.sites]}
+
+
+@dataclass
+class Reference:
+    """What the site must compute on ``x``, in float64, and the parameters a correct fold gives."""
+
+    x: np.ndarray
+    expected: np.ndarray
+    conv: np.ndarray  # the convolution alone, with its own bias
+    bound: np.ndarray
+    w_folded: np.ndarray
+    b_folded: np.ndarray
+    w_bound: np.ndarray
+    b_bound: np.ndarray
+
+
+def _convolve(site: Site, x, w, b) -> np.ndarray:
+    function = ops.conv_transpose if site.transposed else ops.conv
+    return function(np.asarray(x, np.float64), np.asarray(w, np.float64),
+                    None if b is None else np.asarray(b, np.float64), **site.attributes)
+
+
+def reference(site: Site, x: np.ndarray) -> Reference:
+    conv = _convolve(site, x, site.w, site.b)
+    expected = conv if site.affine is None else ops.channel_affine(conv, site.affine)
+    bound = site_bound(x, site.w, site.b, site.affine, transposed=site.transposed, **site.attributes)
+    channels = conv.shape[1]
+    if site.affine is None:
+        w_f, b_f = site.w.astype(np.float64), (np.zeros(channels) if site.b is None else site.b.astype(np.float64))
+    else:
+        w_f, b_f = fold_affine(site.w.astype(np.float64), site.b, site.affine, group=site.group,
+                               transposed=site.transposed)
+    w_bound, b_bound = fold_bounds(site.w, site.b, site.affine, group=site.group, transposed=site.transposed)
+    return Reference(x, expected, conv, bound, w_f, b_f, w_bound, b_bound)
+
+
+def _legacy_weights(site: Site) -> np.ndarray | None:
+    if not (site.transposed and site.affine is not None and site.group > 1):
+        return None
+    return legacy.fold_mnn_legacy(site.w.astype(np.float64), site.b, site.affine, group=site.group)[0]
+
+
+def explain_output(site: Site, ref: Reference, actual: np.ndarray, result: Comparison) -> list[str]:
+    if result.shape_actual != result.shape_expected:
+        return [f"shape differs: engine output {list(result.shape_actual)}, reference {list(result.shape_expected)}"]
+    lines = []
+    if result.nan_count or result.inf_count:
+        lines.append(f"NaN/garbage output: {result.nan_count} NaN and {result.inf_count} Inf values")
+    hypotheses = {BIAS_MISSING: _convolve(site, ref.x, ref.w_folded, None)}
+    if site.affine is not None:
+        hypotheses[TAIL_NOT_APPLIED] = ref.conv
+        if site.b is not None:
+            hypotheses[CONV_BIAS_DROPPED] = _convolve(site, ref.x, ref.w_folded, ref.b_folded - site.affine.mul * site.b)
+    legacy_w = _legacy_weights(site)
+    if legacy_w is not None:
+        hypotheses[LEGACY] = _convolve(site, ref.x, legacy_w, ref.b_folded)
+    found = matching(actual, hypotheses, ref.bound)
+    return lines + (found or per_channel(actual, ref.expected, ref.bound, what="output"))
+
+
+def _output_channel_of(site: Site) -> np.ndarray:
+    """For every weight element, the output channel it feeds."""
+    channels = site.w.shape[1] * site.group if site.transposed else site.w.shape[0]
+    view, shape = output_channel_view(np.zeros(site.w.shape), site.group, site.transposed)
+    return np.broadcast_to(np.arange(channels).reshape(shape), view.shape).reshape(site.w.shape)
+
+
+def judge_params(site: Site, ref: Reference, params: EngineParams) -> tuple[ParamCheck, list[str], list[str]]:
+    """Compare the engine's effective ``(w, b)`` with the reference fold; return the check, explanations, notes."""
+    notes = list(params.notes)
+    kept = [f"{op.kind} '{op.name}'" for op in params.tail]
+    if kept:
+        notes.append(f"not folded: the converter kept {', '.join(kept)} after the conv (judged as composed)")
+    w_eff, b_eff = params.effective(group=site.group, transposed=site.transposed)
+    w_read, b_read = params.read_error(group=site.group, transposed=site.transposed)
+    w_bound = ref.w_bound + w_read
+    b_bound = ref.b_bound + (b_read if b_eff is not None else 0)
+    resolutions = [params.resolution] + [op.resolution for op in params.tail]
+    if max(resolutions):
+        notes.append(f"some parameters were read from a text dump: compared to within its print resolution "
+                     f"{max(resolutions):.1e}")
+    weight = compare(w_eff.astype(np.float32), ref.w_folded, bound=w_bound)
+    bias = None if b_eff is None else compare(b_eff.astype(np.float32), ref.b_folded, bound=b_bound)
+    passed = weight.passed and (bias is None or bias.passed)
+    explanations = []
+    if not weight.passed:
+        if weight.shape_actual != weight.shape_expected:
+            explanations.append(f"fused weight shape {list(weight.shape_actual)} differs from {list(weight.shape_expected)}")
+        else:
+            hypotheses = {WEIGHTS_UNSCALED: site.w.astype(np.float64)} if site.affine is not None else {}
+            legacy_w = _legacy_weights(site)
+            if legacy_w is not None:
+                hypotheses[LEGACY] = legacy_w
+            found = matching(w_eff, hypotheses, w_bound)
+            if not found and site.affine is not None:
+                source = scale_sources(w_eff, site.w, site.affine.mul, _output_channel_of(site))
+                found = [f"fused weights wrong: {source}"] if source else []
+            explanations += found or [f"fused weights wrong ({weight.elements_failed} of {w_eff.size} elements; "
+                                      f"{weight.summary()})"]
+    if bias is not None and not bias.passed:
+        zeros = np.zeros_like(ref.b_folded)
+        hypotheses = {"bias missing in the fused op (all zero)": zeros}
+        if site.b is not None and site.affine is not None:
+            hypotheses[CONV_BIAS_DROPPED] = ref.b_folded - site.affine.mul * site.b
+            hypotheses[BIAS_NOT_FOLDED] = site.b.astype(np.float64)
+        found = matching(b_eff, hypotheses, b_bound)
+        explanations += found or per_channel(b_eff, ref.b_folded, b_bound, what="fused bias")
+    return ParamCheck(weight, bias, passed, kept), explanations, notes
+
+
+def judge_site(site: Site, x: np.ndarray, engine: Engine, prepare: Callable[[], object]) -> SiteVerdict:
+    """Judge one site on activation ``x``; ``prepare()`` returns the engine's converted model for it."""
+    verdict = SiteVerdict(site.index, site.label, site.describe(), site.op, site.tail, site.group, site.rank,
+                          dict(site.attributes), "fail")
+    ref = reference(site, x)
+    try:
+        prepared = prepare()
+    except EngineFailure as failure:
+        verdict.failures.append(failure.to_dict())
+        verdict.explanations.append(failure.explain())
+        return verdict
+    try:
+        actual = engine.run(prepared, {site.input_name: x}, site.output_name)
+        verdict.output = compare(actual, ref.expected, bound=ref.bound)
+        if not verdict.output.passed:
+            verdict.explanations += explain_output(site, ref, actual, verdict.output)
+    except EngineFailure as failure:
+        verdict.failures.append(failure.to_dict())
+        verdict.explanations.append(failure.explain())
+    try:
+        params = engine.site_params(prepared, site)
+        verdict.params, explanations, notes = judge_params(site, ref, params)
+        verdict.explanations += [f"parameters: {e}" for e in explanations if e not in verdict.explanations]
+        verdict.notes += notes
+    except EngineFailure as failure:
+        verdict.failures.append(failure.to_dict())
+        verdict.explanations.append(failure.explain())
+    if not verdict.failures and verdict.output.passed and verdict.params.passed:
+        verdict.status = "pass"
+    return verdict
+
+
+def check(model_path, engine: Engine, *, converted=None, seed: int = 0, workdir=None,
+          progress: Callable[[int, int], None] | None = None, model: onnx.ModelProto | None = None,
+          name: str | None = None) -> ModelReport:
+    """Judge every site of the ONNX model at ``model_path`` (or ``model``) against ``engine``.
+
+    ``converted``: the user's own converted model to judge instead of converting each site. Raises
+    ``FusionInputError`` for bad input (unreadable model, dynamic weights, unreadable converted file).
+    """
+    started = time.perf_counter()
+    model = model if model is not None else load(model_path)
+    sites = find_sites(model)
+    graph = Graph(model)
+    feeds = random_feeds(input_shapes(model, graph.inputs), seed)
+    values = activations(model, feeds, [site.input_name for site in sites])
+    with tempfile.TemporaryDirectory(prefix="fusion-check-") as scratch:
+        workdir = Path(workdir or scratch)
+        whole = None
+        if converted is not None:
+            from fusion.errors import FusionInputError
+
+            try:
+                whole = engine.load(Path(converted), workdir)
+            except EngineFailure as failure:
+                raise FusionInputError(f"cannot read converted model {converted}: {failure.explain()}") from None
+        verdicts = []
+        for number, site in enumerate(sites):
+            x = values[site.input_name]
+
+            def prepare(site=site, x=x):
+                if whole is not None:
+                    return whole
+                path = workdir / f"site_{site.index}.onnx"
+                onnx.save(build.cut_site(site, model, x.shape), path)
+                return engine.prepare(path, workdir)
+
+            verdicts.append(judge_site(site, x, engine, prepare))
+            if progress:
+                progress(number + 1, len(sites))
+    return ModelReport(name or str(model_path), engine.version(), verdicts, time.perf_counter() - started, seed)

@@ -1,0 +1,47 @@
+"""Run an engine step in a child process, so that a crash or a hang becomes a finding, not a dead tool."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from fusion.engines.base import EngineFailure
+
+CHILD_SCRIPTS = Path(__file__).parent / "children"
+
+
+def python_child(script: str) -> list[str]:
+    """The command prefix that runs ``children/<script>`` with this interpreter, without importing fusion."""
+    return [sys.executable, str(CHILD_SCRIPTS / script)]
+
+
+def run_step(argv: list[str], *, engine: str, stage: str, timeout: float, cwd: Path | None = None) -> str:
+    """Run ``argv``; return its combined output, or raise ``EngineFailure`` (crash, timeout, error)."""
+    try:
+        process = subprocess.Popen(argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, start_new_session=True,
+                                   env=dict(os.environ, PYTHONNOUSERSITE="1"))
+    except OSError as exc:
+        raise EngineFailure(engine, stage, "error", f"cannot start {argv[0]}: {exc}") from None
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        raise EngineFailure(engine, stage, "timeout", f"no answer after {timeout:g} s") from None
+    text = output.decode(errors="replace")
+    if process.returncode < 0:
+        name = signal.Signals(-process.returncode).name
+        raise EngineFailure(engine, stage, "crash", _tail(text), signal=name)
+    if process.returncode != 0:
+        raise EngineFailure(engine, stage, "error", _tail(text) or f"exit code {process.returncode}")
+    return text
+
+
+def _tail(text: str, lines: int = 3) -> str:
+    kept = [line.strip() for line in text.strip().splitlines() if line.strip()
+            and not line.startswith("The device supports")]
+    return " | ".join(kept[-lines:])

@@ -1,0 +1,115 @@
+"""The MNN adapter: convert with the wheel's converter (or the user's ``MNNConvert``), dump to JSON, run on CPU.
+
+Every step runs in a child process (``isolate.run_step``): MNN can abort the process on some models.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fusion.engines.base import EngineFailure, EngineParams
+from fusion.engines.isolate import python_child, run_step
+from fusion.engines.mnn_json import MnnGraph
+
+
+@dataclass
+class MnnModel:
+    """A converted model (``path``, what is run) and the JSON dump its parameters are read from."""
+
+    path: Path
+    graph: MnnGraph
+
+
+class MNNEngine:
+    """MNN on CPU. ``converter``: path of an ``MNNConvert`` binary to use instead of the wheel's ``_tools``."""
+
+    name = "MNN"
+
+    def __init__(self, converter: str | None = None, *, timeout: float = 120.0, threads: int = 1,
+                 convert_args: tuple[str, ...] = ()):
+        self.converter = converter
+        self.timeout = timeout
+        self.threads = threads
+        self.convert_args = tuple(convert_args)
+
+    def _converter(self) -> list[str]:
+        return [self.converter] if self.converter else python_child("mnn_child.py") + ["mnnconvert"]
+
+    def version(self) -> str:
+        text = run_step(python_child("mnn_child.py") + ["version"], engine=self.name, stage="starting",
+                        timeout=self.timeout)
+        version = next((line.split()[-1] for line in text.splitlines() if line.startswith("MNN_VERSION")), "?")
+        return f"MNN {version}" + (f" (converter {self.converter})" if self.converter else "")
+
+    def convert(self, onnx_path: Path, mnn_path: Path, *, external: bool = False) -> None:
+        """Convert; ``external=True`` stores conv weights as raw float32 beside the model (``.mnn.weight``)."""
+        run_step(self._converter() + ["-f", "ONNX", "--modelFile", str(onnx_path), "--MNNModel", str(mnn_path),
+                                      "--bizCode", "fusion", *(["--saveExternalData"] if external else []),
+                                      *self.convert_args],
+                 engine=self.name, stage="converting", timeout=self.timeout)
+        if not mnn_path.is_file() or mnn_path.stat().st_size == 0:
+            raise EngineFailure(self.name, "converting", "error", "the converter wrote no model")
+
+    def dump(self, mnn_path: Path, json_path: Path) -> MnnGraph:
+        run_step(self._converter() + ["-f", "MNN", "--modelFile", str(mnn_path), "--JsonFile", str(json_path)],
+                 engine=self.name, stage="reading the converted model", timeout=self.timeout)
+        weights = mnn_path.with_name(mnn_path.name + ".weight")
+        try:
+            with open(json_path, encoding="utf-8") as handle:
+                return MnnGraph(json.load(handle), str(weights) if weights.is_file() else None)
+        except (OSError, ValueError) as exc:
+            raise EngineFailure(self.name, "reading the converted model", "error",
+                                f"no readable JSON dump ({exc})") from None
+
+    def pack(self, json_path: Path, mnn_path: Path) -> None:
+        """Write ``mnn_path`` from a (possibly edited) JSON dump, atomically."""
+        partial = mnn_path.with_name(mnn_path.name + ".part")
+        run_step(self._converter() + ["-f", "JSON", "--modelFile", str(json_path), "--MNNModel", str(partial),
+                                      "--bizCode", "fusion"],
+                 engine=self.name, stage="writing a model from JSON", timeout=self.timeout)
+        os.replace(partial, mnn_path)
+
+    def prepare(self, onnx_path: Path, workdir: Path) -> MnnModel:
+        """Convert as a user would (the model that is run), and once more with external weights to read the
+        fused parameters exactly (the JSON dump prints six decimals). Running an external-weight model from
+        another directory gave garbage in MNN 3.6.1, so that copy is only read, never run."""
+        onnx_path, workdir = Path(onnx_path), Path(workdir)
+        mnn_path = workdir / (onnx_path.stem + ".mnn")
+        self.convert(onnx_path, mnn_path)
+        exact = workdir / "exact" / mnn_path.name
+        exact.parent.mkdir(exist_ok=True)
+        try:
+            self.convert(onnx_path, exact, external=True)
+            graph = self.dump(exact, exact.with_suffix(".json"))
+        except EngineFailure:
+            graph = self.dump(mnn_path, mnn_path.with_suffix(".json"))
+        return MnnModel(mnn_path, graph)
+
+    def load(self, artifact: Path, workdir: Path) -> MnnModel:
+        artifact = Path(artifact)
+        return MnnModel(artifact, self.dump(artifact, Path(workdir) / (artifact.stem + ".json")))
+
+    def run(self, prepared: MnnModel, feeds: dict[str, np.ndarray], output: str) -> np.ndarray:
+        with tempfile.TemporaryDirectory(prefix="fusion-mnn-") as scratch:
+            feeds_path, out_path = os.path.join(scratch, "feeds.npz"), os.path.join(scratch, "out.npy")
+            np.savez(feeds_path, **{k: np.asarray(v, np.float32) for k, v in feeds.items()})
+            try:
+                run_step(python_child("mnn_child.py") + ["run", str(prepared.path), feeds_path, out_path, output,
+                                                         str(self.threads)],
+                         engine=self.name, stage="running", timeout=self.timeout)
+            except EngineFailure as failure:
+                if failure.kind == "error" and "Can't find output" in failure.detail:
+                    raise EngineFailure(self.name, "running", "missing",
+                                        f"the converted model has no tensor {output!r} to read the site's output "
+                                        "from") from None
+                raise
+            return np.load(out_path)
+
+    def site_params(self, prepared: MnnModel, site) -> EngineParams:
+        return prepared.graph.site_params(site, self.name)

@@ -1,0 +1,213 @@
+"""Read (and rewrite) a site's parameters in MNN's JSON dump of a converted model.
+
+Facts this relies on (MNN 3.x converter): the op that computes an ONNX conv is named after the conv's *output
+tensor*; a grouped conv is split into ``<name>__group__<g>`` ops (each ``group: 1``, its slice of the weight in
+ONNX layout) joined by a Concat named ``<name>``; a 3-D ConvTranspose may be decomposed into per-depth-tap 2-D
+ops ``<name>__<d>[__group__<g>]`` followed by Col2Im; a tail it did not fold stays as a Scale, BatchNorm or
+BinaryOp with a Const operand.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from fusion.engines.base import EngineFailure, EngineParams, TailOp
+
+# MNN's JSON dump prints floats with six fixed decimals: a value read back is within half of 1e-6 (plus the
+# float32 rounding of the parsed text). Weights stored externally (--saveExternalData) are read exactly.
+TEXT_RESOLUTION = 0.5e-6 * (1 + 2**-20)
+
+CONV_TYPES = {"Convolution", "ConvolutionDepthwise", "Deconvolution", "DeconvolutionDepthwise", "Convolution3D",
+              "ConvTranspose3D"}
+SHAPE_ONLY = {"ConvertTensor", "Squeeze", "Unsqueeze", "Reshape"}
+
+
+def _op_weight_shape(op: dict, transposed: bool) -> tuple[int, ...]:
+    common = op["main"]["common"]
+    kernel = tuple(common.get("kernels") or (common.get("kernelY", 1), common.get("kernelX", 1)))
+    group = max(int(common.get("group", 1)), 1)
+    out_count = int(common.get("outputCount", 0))
+    size = len(op["main"].get("weight") or [])
+    taps = int(np.prod(kernel))
+    in_count = int(common.get("inputCount", 0)) or (size * group // max(out_count * taps, 1))
+    if transposed:
+        return (in_count, out_count // group) + kernel
+    return (out_count, in_count // group) + kernel
+
+
+class MnnGraph:
+    """An index over MNN's JSON dump: ops, tensor names, producers and consumers."""
+
+    def __init__(self, doc: dict, external: str | None = None):
+        self.doc = doc
+        self.external = external  # the model's ``.weight`` file, when weights are stored outside it
+        self.ops: list[dict] = list(doc.get("oplists") or [])
+        self.tensors: list[str] = list(doc.get("tensorName") or [])
+        self.index = {name: i for i, name in enumerate(self.tensors)}
+        self.producer: dict[int, dict] = {}
+        self.consumers: dict[int, list[dict]] = {}
+        for op in self.ops:
+            for i in op.get("outputIndexes") or []:
+                self.producer[i] = op
+            for i in op.get("inputIndexes") or []:
+                self.consumers.setdefault(i, []).append(op)
+
+    @property
+    def is_empty(self) -> bool:
+        """True when the model computes nothing: no op besides its inputs and constants."""
+        return all(op.get("type") in ("Input", "Const") for op in self.ops)
+
+    def conv_ops(self, conv_output: str) -> list[tuple[int, int, dict]]:
+        """``(depth, group, op)`` for every conv-type op computing the ONNX conv whose output is ``conv_output``."""
+        pattern = re.compile(re.escape(conv_output) + r"(?:__(\d+))?(?:__group__(\d+))?$")
+        found = []
+        for op in self.ops:
+            match = pattern.match(op.get("name", ""))
+            if match and op.get("type") in CONV_TYPES:
+                found.append((int(match.group(1) or -1), int(match.group(2) or -1), op))
+        return sorted(found, key=lambda item: (item[0], item[1]))
+
+    def const_vector(self, tensor: int, channels: int) -> np.ndarray | None:
+        op = self.producer.get(tensor)
+        if op is None or op.get("type") != "Const":
+            return None
+        values = np.asarray(op["main"].get("float32s") or [], np.float64)
+        if values.size == 1:
+            return np.full(channels, values[0])
+        return values if values.size == channels else None
+
+    def _tail_op(self, op: dict, current: int, channels: int) -> TailOp | None:
+        main, kind, name = op.get("main") or {}, op.get("type"), op.get("name", "")
+        if kind == "Scale":
+            external = self._external(main)
+            if external is not None:
+                mul, add, resolution = external[0], external[1], 0.0
+            else:
+                mul = np.asarray(main.get("scaleData") or [], np.float64)
+                add, resolution = np.asarray(main.get("biasData") or np.zeros(mul.size), np.float64), TEXT_RESOLUTION
+            if add.size == 0:
+                add = np.zeros(mul.size)
+            return TailOp("Scale", name, mul.astype(np.float64), add.astype(np.float64), resolution) \
+                if mul.size == channels == add.size else None
+        if kind == "BatchNorm":
+            slope, mean = np.asarray(main["slopeData"], np.float64), np.asarray(main["meanData"], np.float64)
+            var, bias = np.asarray(main["varData"], np.float64), np.asarray(main["biasData"], np.float64)
+            mul = slope / np.sqrt(var + float(main.get("epsilon", 0.001)))
+            return TailOp("BatchNorm", name, mul, bias - mean * mul, TEXT_RESOLUTION * 8)
+        if kind == "BinaryOp" and main.get("opType") in ("MUL", "ADD", "SUB"):
+            inputs = op.get("inputIndexes") or []
+            others = [i for i in inputs if i != current]
+            vector = self.const_vector(others[0], channels) if len(others) == 1 else None
+            if vector is None or (main["opType"] == "SUB" and inputs[0] != current):
+                return None
+            ones, zeros = np.ones(channels), np.zeros(channels)
+            mul, add = {"MUL": (vector, zeros), "ADD": (ones, vector), "SUB": (ones, -vector)}[main["opType"]]
+            return TailOp(f"BinaryOp {main['opType']}", name, mul, add, TEXT_RESOLUTION)
+        return None
+
+    def tail_after(self, start: int, output_name: str, channels: int) -> list[TailOp]:
+        """Affine ops between tensor ``start`` and the site's output tensor that the converter did not fold."""
+        tail, current = [], start
+        while self.tensors[current] != output_name:
+            consumers = self.consumers.get(current, [])
+            if len(consumers) != 1:
+                break
+            op = consumers[0]
+            if op.get("type") not in SHAPE_ONLY:
+                found = self._tail_op(op, current, channels)
+                if found is None:
+                    break
+                tail.append(found)
+            current = (op.get("outputIndexes") or [current])[0]
+        return tail
+
+    def site_params(self, site, engine: str = "MNN") -> EngineParams:
+        """Reassemble the site's conv parameters into the ONNX layout of ``site.op`` and list kept tail ops."""
+        entries = self.conv_ops(site.conv_output)
+        if not entries:
+            detail = ("the converted model is empty: the converter dropped every op yet reported success"
+                      if self.is_empty else f"no conv op named {site.conv_output!r} (or its __group__ parts) "
+                      "in the converted model")
+            raise EngineFailure(engine, "reading fused parameters", "missing", detail)
+        transposed = site.transposed
+        notes = []
+        if any((op["main"].get("quanParameter") or {}) for _, _, op in entries):
+            notes.append("weights are quantized in the converted model; compared after dequantization is not "
+                         "supported")
+        by_depth: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
+        resolution = 0.0
+        for depth, _, op in entries:
+            shape = _op_weight_shape(op, transposed)
+            weight, bias, exact = self._op_arrays(op)
+            resolution = max(resolution, 0.0 if exact else TEXT_RESOLUTION)
+            if weight.size != int(np.prod(shape)):
+                raise EngineFailure(engine, "reading fused parameters", "missing",
+                                    f"op {op['name']} holds {weight.size} weights, its attributes say {shape}")
+            by_depth.setdefault(depth, []).append((weight.reshape(shape), bias))
+        parts = [(np.concatenate([w for w, _ in group_parts], axis=0),
+                  np.concatenate([b for _, b in group_parts])) for _, group_parts in sorted(by_depth.items())]
+        if len(parts) > 1:  # per-depth-tap 2-D ops: stack the taps back on the depth axis
+            w = np.stack([p[0] for p in parts], axis=2)
+            b = None
+            notes.append(f"{engine} decomposed the 3-D op into {len(parts)} per-depth 2-D ops; the bias is applied "
+                         "outside them and is judged through the output only")
+        else:
+            w, b = parts[0]
+        if w.size != site.w.size:
+            raise EngineFailure(engine, "reading fused parameters", "missing",
+                                f"fused weight has {w.size} elements, the ONNX weight {site.w.size}")
+        w = w.reshape(site.w.shape)  # 1-D convs run as 2-D with a unit axis; same element order
+        channels = site.w.shape[1] * site.group if transposed else site.w.shape[0]
+        if b is not None and b.size != channels:
+            b = None if b.size == 0 else b
+        if any(op["main"]["common"].get("relu") or op["main"]["common"].get("relu6") for _, _, op in entries):
+            notes.append(f"{engine} also fused a following ReLU/ReLU6 into the conv op")
+        last = entries[-1][2]
+        start = self.index.get(site.conv_output)
+        if start is None:
+            concat = next((op for op in self.ops if op.get("name") == site.conv_output and op.get("type") != "Const"),
+                          last)
+            start = (concat.get("outputIndexes") or [0])[0]
+        tail = self.tail_after(start, site.output_name, channels)
+        return EngineParams(w=w, b=b, tail=tail, ops=[op["name"] for _, _, op in entries] + [t.name for t in tail],
+                            notes=notes, resolution=resolution)
+
+    def _external(self, main: dict) -> list[np.ndarray] | None:
+        """The float32 arrays an op keeps in the external weight file: ``external = [offset, bytes, bytes...]``."""
+        external = main.get("external")
+        if not external or not self.external:
+            return None
+        offset, sizes = int(external[0]), [int(v) for v in external[1:]]
+        with open(self.external, "rb") as handle:
+            handle.seek(offset)
+            raw = handle.read(sum(sizes))
+        arrays, start = [], 0
+        for size in sizes:
+            arrays.append(np.frombuffer(raw[start:start + size], np.float32).copy())
+            start += size
+        return arrays
+
+    def _op_arrays(self, op: dict) -> tuple[np.ndarray, np.ndarray, bool]:
+        """``(weight, bias, exact)`` of a conv op: from the external weight file when it has one, else the text."""
+        external = self._external(op["main"])
+        if external is not None and len(external) >= 2:
+            return external[0], external[1], True
+        return (np.asarray(op["main"].get("weight") or [], np.float32),
+                np.asarray(op["main"].get("bias") or [], np.float32), False)
+
+    def set_site_params(self, site, w: np.ndarray | None = None, b: np.ndarray | None = None) -> None:
+        """Write ``w`` (ONNX layout of ``site.op``) and/or ``b`` into the site's ops, split as the converter split
+        them. Used to reproduce defects (e.g. the legacy per-group fold) in a real converted model."""
+        entries = self.conv_ops(site.conv_output)
+        if not entries or any(depth >= 0 for depth, _, _ in entries):
+            raise ValueError(f"cannot rewrite site {site.conv_output!r}: no plain or per-group conv ops")
+        parts = len(entries)
+        w_parts = np.split(np.asarray(w, np.float32), parts, axis=0) if w is not None else [None] * parts
+        b_parts = np.split(np.asarray(b, np.float32), parts) if b is not None else [None] * parts
+        for (_, _, op), w_part, b_part in zip(entries, w_parts, b_parts):
+            if w_part is not None:
+                op["main"]["weight"] = [float(v) for v in w_part.reshape(-1)]
+            if b_part is not None:
+                op["main"]["bias"] = [float(v) for v in b_part]
