@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 
 from fusion import legacy, ops
+from fusion.affine import batch_norm_affine
 from fusion.bounds import fold_bounds, site_bound
 from fusion.compare import Comparison, compare
 from fusion.diagnose import matching, per_channel, scale_sources
@@ -35,6 +36,23 @@ CONV_BIAS_DROPPED = "conv bias dropped before the fold (output = reference - sca
 TAIL_NOT_APPLIED = "BatchNormalization/Scale not applied (output = the bare convolution)"
 WEIGHTS_UNSCALED = "weights not scaled by the BatchNormalization/Scale"
 BIAS_NOT_FOLDED = "bias not folded (still the convolution's own bias)"
+
+
+def epsilon_ignored(site: Site) -> str:
+    epsilon = site.batch_norm["epsilon"]
+    why = " (the ONNX default: the node has no epsilon attribute)" if not site.batch_norm["epsilon_given"] else ""
+    return f"BatchNormalization folded with epsilon=0 instead of {epsilon:g}{why}"
+
+
+def _epsilon_zero_fold(site: Site) -> tuple[np.ndarray, np.ndarray] | None:
+    """The fold a converter that drops epsilon would produce, or None when epsilon is already 0."""
+    if site.batch_norm is None or site.batch_norm["epsilon"] == 0:
+        return None
+    stats = {k: site.batch_norm[k] for k in ("scale", "bias", "mean", "var")}
+    if np.any(np.asarray(stats["var"]) <= 0):
+        return None
+    affine = batch_norm_affine(**stats, epsilon=0.0)
+    return fold_affine(site.w.astype(np.float64), site.b, affine, group=site.group, transposed=site.transposed)
 
 
 @dataclass
@@ -103,6 +121,7 @@ class Reference:
     b_folded: np.ndarray
     w_bound: np.ndarray
     b_bound: np.ndarray
+    relu: bool = False  # expected is taken after a Relu the engine fused
 
 
 def _convolve(site: Site, x, w, b) -> np.ndarray:
@@ -145,6 +164,11 @@ def explain_output(site: Site, ref: Reference, actual: np.ndarray, result: Compa
     legacy_w = _legacy_weights(site)
     if legacy_w is not None:
         hypotheses[LEGACY] = _convolve(site, ref.x, legacy_w, ref.b_folded)
+    no_epsilon = _epsilon_zero_fold(site)
+    if no_epsilon is not None:
+        hypotheses[epsilon_ignored(site)] = _convolve(site, ref.x, *no_epsilon)
+    if ref.relu:
+        hypotheses = {k: np.maximum(v, 0.0) for k, v in hypotheses.items() if k != TAIL_NOT_APPLIED}
     found = matching(actual, hypotheses, ref.bound)
     return lines + (found or per_channel(actual, ref.expected, ref.bound, what="output"))
 
@@ -182,6 +206,9 @@ def judge_params(site: Site, ref: Reference, params: EngineParams) -> tuple[Para
             legacy_w = _legacy_weights(site)
             if legacy_w is not None:
                 hypotheses[LEGACY] = legacy_w
+            no_epsilon = _epsilon_zero_fold(site)
+            if no_epsilon is not None:
+                hypotheses[epsilon_ignored(site)] = no_epsilon[0]
             found = matching(w_eff, hypotheses, w_bound)
             if not found and site.affine is not None:
                 source = scale_sources(w_eff, site.w, site.affine.mul, _output_channel_of(site))
@@ -194,6 +221,9 @@ def judge_params(site: Site, ref: Reference, params: EngineParams) -> tuple[Para
         if site.b is not None and site.affine is not None:
             hypotheses[CONV_BIAS_DROPPED] = ref.b_folded - site.affine.mul * site.b
             hypotheses[BIAS_NOT_FOLDED] = site.b.astype(np.float64)
+        no_epsilon = _epsilon_zero_fold(site)
+        if no_epsilon is not None:
+            hypotheses[epsilon_ignored(site)] = no_epsilon[1]
         found = matching(b_eff, hypotheses, b_bound)
         explanations += found or per_channel(b_eff, ref.b_folded, b_bound, what="fused bias")
     return ParamCheck(weight, bias, passed, kept), explanations, notes
@@ -211,7 +241,16 @@ def judge_site(site: Site, x: np.ndarray, engine: Engine, prepare: Callable[[], 
         verdict.explanations.append(failure.explain())
         return verdict
     try:
-        actual = engine.run(prepared, {site.input_name: x}, site.output_name)
+        try:
+            actual = engine.run(prepared, {site.input_name: x}, site.output_name)
+        except EngineFailure as failure:
+            if failure.kind != "missing" or site.relu_output is None:
+                raise
+            # the engine fused the following Relu as well, so the site's own output tensor is gone: judge after
+            # the Relu (it is 1-Lipschitz, so the bound still holds)
+            actual = engine.run(prepared, {site.input_name: x}, site.relu_output)
+            ref = replace(ref, expected=np.maximum(ref.expected, 0.0), relu=True)
+            verdict.notes.append("the converter fused the following Relu too; the output is judged after it")
         verdict.output = compare(actual, ref.expected, bound=ref.bound)
         if not verdict.output.passed:
             verdict.explanations += explain_output(site, ref, actual, verdict.output)
@@ -221,11 +260,12 @@ def judge_site(site: Site, x: np.ndarray, engine: Engine, prepare: Callable[[], 
     try:
         params = engine.site_params(prepared, site)
         verdict.params, explanations, notes = judge_params(site, ref, params)
-        verdict.explanations += [f"parameters: {e}" for e in explanations if e not in verdict.explanations]
+        verdict.explanations += [f"parameters: {e}" for e in explanations]
         verdict.notes += notes
     except EngineFailure as failure:
         verdict.failures.append(failure.to_dict())
-        verdict.explanations.append(failure.explain())
+        if failure.explain() not in verdict.explanations:
+            verdict.explanations.append(failure.explain())
     if not verdict.failures and verdict.output.passed and verdict.params.passed:
         verdict.status = "pass"
     return verdict

@@ -35,13 +35,14 @@ def run_step(argv: list[str], *, engine: str, stage: str, timeout: float, cwd: P
     text = output.decode(errors="replace")
     if process.returncode < 0:
         name = signal.Signals(-process.returncode).name
-        raise EngineFailure(engine, stage, "crash", _tail(text), signal=name)
+        raise EngineFailure(engine, stage, "crash", last_words(text), signal=name)
     if process.returncode != 0:
-        raise EngineFailure(engine, stage, "error", _tail(text) or f"exit code {process.returncode}")
+        raise EngineFailure(engine, stage, "error", last_words(text) or f"exit code {process.returncode}")
     return text
 
 
-def _tail(text: str, lines: int = 3) -> str:
+def last_words(text: str, lines: int = 3) -> str:
+    """The last few meaningful lines a child printed, joined on one line."""
     kept = [line.strip() for line in text.strip().splitlines() if line.strip()
             and not line.startswith("The device supports")]
     return " | ".join(kept[-lines:])

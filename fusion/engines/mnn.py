@@ -14,8 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from fusion.engines.base import EngineFailure, EngineParams
-from fusion.engines.isolate import python_child, run_step
+from fusion.engines.isolate import last_words, python_child, run_step
 from fusion.engines.mnn_json import MnnGraph
+from fusion.graph.model import load
+from fusion.graph.sites import find_sites
 
 
 @dataclass
@@ -49,12 +51,12 @@ class MNNEngine:
 
     def convert(self, onnx_path: Path, mnn_path: Path, *, external: bool = False) -> None:
         """Convert; ``external=True`` stores conv weights as raw float32 beside the model (``.mnn.weight``)."""
-        run_step(self._converter() + ["-f", "ONNX", "--modelFile", str(onnx_path), "--MNNModel", str(mnn_path),
-                                      "--bizCode", "fusion", *(["--saveExternalData"] if external else []),
-                                      *self.convert_args],
-                 engine=self.name, stage="converting", timeout=self.timeout)
+        said = run_step(self._converter() + ["-f", "ONNX", "--modelFile", str(onnx_path), "--MNNModel",
+                                             str(mnn_path), "--bizCode", "fusion",
+                                             *(["--saveExternalData"] if external else []), *self.convert_args],
+                        engine=self.name, stage="converting", timeout=self.timeout)
         if not mnn_path.is_file() or mnn_path.stat().st_size == 0:
-            raise EngineFailure(self.name, "converting", "error", "the converter wrote no model")
+            raise EngineFailure(self.name, "converting", "error", f"the converter wrote no model: {last_words(said)}")
 
     def dump(self, mnn_path: Path, json_path: Path) -> MnnGraph:
         run_step(self._converter() + ["-f", "MNN", "--modelFile", str(mnn_path), "--JsonFile", str(json_path)],
@@ -105,11 +107,39 @@ class MNNEngine:
                          engine=self.name, stage="running", timeout=self.timeout)
             except EngineFailure as failure:
                 if failure.kind == "error" and "Can't find output" in failure.detail:
-                    raise EngineFailure(self.name, "running", "missing",
-                                        f"the converted model has no tensor {output!r} to read the site's output "
-                                        "from") from None
+                    detail = ("the converted model is empty: the converter dropped every op yet reported success"
+                              if prepared.graph.is_empty else
+                              f"the converted model has no tensor {output!r} to read the site's output from")
+                    raise EngineFailure(self.name, "running", "missing", detail) from None
                 raise
             return np.load(out_path)
 
     def site_params(self, prepared: MnnModel, site) -> EngineParams:
         return prepared.graph.site_params(site, self.name)
+
+    def rewrite(self, onnx_path: Path, out_path: Path, edits: dict, workdir: Path) -> None:
+        """Convert ``onnx_path`` and write to ``out_path`` a model whose sites named in ``edits``
+        (``{conv_output: (w, b)}``, ``None`` keeps that part) carry the given fused parameters.
+
+        Goes through the JSON dump; every other conv op is written back with its exact values (the dump alone
+        would round them to six decimals). Reproduces converter defects (e.g. the MNN <= 2.9.1 per-group
+        misindexing) in a real converted model.
+        """
+        workdir = Path(workdir)
+        plain = workdir / "rewrite.mnn"
+        self.convert(Path(onnx_path), plain)
+        graph = self.dump(plain, workdir / "rewrite.json")
+        source = workdir / "exact-source"
+        source.mkdir(exist_ok=True)
+        exact = self.prepare(Path(onnx_path), source).graph
+        for site in find_sites(load(onnx_path)):
+            try:
+                params = exact.site_params(site, self.name)
+            except EngineFailure:
+                continue
+            w, b = edits.get(site.conv_output, (None, None))
+            graph.set_site_params(site, params.w if w is None else w,
+                                  params.b if b is None and params.b is not None else b)
+        edited = workdir / "rewrite-edited.json"
+        edited.write_text(json.dumps(graph.doc))
+        self.pack(edited, Path(out_path))

@@ -66,6 +66,7 @@ class SiteSpec:
     tail: str = "bn"
     seed: int = 0
     name: str = ""
+    bn_epsilon: float | None = 1e-5  # None: the BatchNormalization has no epsilon attribute (ONNX default 1e-5)
 
     @property
     def transposed(self) -> bool:
@@ -120,8 +121,9 @@ def build(spec: SiteSpec) -> onnx.ModelProto:
     if spec.tail == "bn":
         constants.update(bn_scale=_signed(rng, 0.5, 2.0, spec.c_out), bn_bias=rng.standard_normal(spec.c_out),
                          bn_mean=rng.standard_normal(spec.c_out) * 0.5, bn_var=rng.uniform(0.2, 2.0, spec.c_out))
+        epsilon = {} if spec.bn_epsilon is None else {"epsilon": spec.bn_epsilon}
         nodes.append(helper.make_node("BatchNormalization", [conv_output, "bn_scale", "bn_bias", "bn_mean", "bn_var"],
-                                      ["y"], name="bn", epsilon=1e-5))
+                                      ["y"], name="bn", **epsilon))
     elif spec.tail in ("scale", "mul"):
         constants["mul_scale"] = _signed(rng, 0.5, 2.0, spec.c_out).reshape(channel)
         mul_output = "y" if spec.tail == "mul" else "mul_out"

@@ -1,7 +1,8 @@
 """The built-in demo set: small single-site models that tour what a converter must fold right.
 
 Generated on demand (nothing is committed): grouped ConvTranspose + BatchNormalization and + Mul/Add in 1-D,
-2-D and 3-D, depthwise, C_in != C_out, with and without bias, group 1 controls and Conv + BatchNormalization.
+2-D and 3-D, depthwise, C_in != C_out, with and without bias, a BatchNormalization that relies on the ONNX
+default epsilon, group 1 controls and Conv + BatchNormalization.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ def demo_specs() -> list[SiteSpec]:
         SiteSpec(T, (1, 16, 8, 8), 16, 4, (4, 4), P2, True, "bn", 1, "deconv2d_g4_bn"),
         SiteSpec(T, (1, 16, 8, 8), 16, 4, (4, 4), P2, True, "scale", 2, "deconv2d_g4_mul_add"),
         SiteSpec(T, (1, 16, 8, 8), 16, 1, (4, 4), P2, True, "bn", 3, "deconv2d_g1_bn"),
+        SiteSpec(T, (1, 16, 8, 8), 16, 4, (4, 4), P2, True, "bn", 14, "deconv2d_g4_bn_default_epsilon",
+                 bn_epsilon=None),
         SiteSpec(T, (1, 8, 16), 12, 2, (3,), P1, True, "bn", 4, "deconv1d_g2_bn"),
         SiteSpec(T, (1, 8, 4, 4, 4), 8, 4, (3, 3, 3), P3, True, "bn", 5, "deconv3d_g4_bn"),
         SiteSpec(T, (1, 8, 4, 4, 4), 8, 1, (3, 3, 3), P3, True, "bn", 6, "deconv3d_g1_bn"),

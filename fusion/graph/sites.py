@@ -6,7 +6,7 @@ output, which is when a converter may fold it. Every Conv/ConvTranspose is a sit
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -40,7 +40,8 @@ class Site:
     input_name: str
     conv_output: str
     output_name: str
-    notes: list[str] = field(default_factory=list)
+    relu_output: str | None = None  # output of a Relu that alone reads the site's output (engines fuse it too)
+    batch_norm: dict | None = None  # scale, bias, mean, var, epsilon and whether epsilon was given, for a BN tail
 
     @property
     def transposed(self) -> bool:
@@ -151,9 +152,16 @@ def find_sites(model: onnx.ModelProto) -> list[Site]:
         if b is not None and b.shape != (channels,):
             raise FusionInputError(f"bias has shape {b.shape}, expected ({channels},)", node=label)
         kind, tail_nodes, affine, output = _tail(graph, node.output[0], channels, w.ndim - 2)
+        after = graph.only_consumer(output)
+        relu = after.output[0] if after is not None and after.op_type == "Relu" else None
+        batch_norm = None
+        if kind == "bn":
+            bn = tail_nodes[0]
+            batch_norm = dict(zip(("scale", "bias", "mean", "var"), (graph.constant(n) for n in bn.input[1:])))
+            batch_norm.update(batch_norm_keywords(bn), epsilon_given=any(a.name == "epsilon" for a in bn.attribute))
         sites.append(Site(index=len(sites), op=node.op_type, conv=node, tail_nodes=tail_nodes, tail=kind, w=w, b=b,
                           affine=affine, attributes=keywords, input_name=node.input[0], conv_output=node.output[0],
-                          output_name=output))
+                          output_name=output, relu_output=relu, batch_norm=batch_norm))
     return sites
 
 

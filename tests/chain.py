@@ -1,0 +1,40 @@
+"""A two-site decoder chain: ConvTranspose g4 + BN -> Relu -> ConvTranspose g2 + BN (names as a user's model)."""
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+
+def chain_model(seed=0, epsilon=1e-5):
+    """``epsilon=None`` leaves the attribute out (ONNX default 1e-5)."""
+    rng = np.random.default_rng(seed)
+    constants = {}
+
+    def constant(name, array):
+        constants[name] = np.asarray(array, np.float32)
+        return name
+
+    def bn(prefix, channels):
+        return [constant(f"{prefix}_scale", rng.uniform(0.5, 2, channels) * rng.choice([-1, 1], channels)),
+                constant(f"{prefix}_bias", rng.standard_normal(channels)),
+                constant(f"{prefix}_mean", rng.standard_normal(channels) * 0.5),
+                constant(f"{prefix}_var", rng.uniform(0.2, 2, channels))]
+
+    given = {} if epsilon is None else {"epsilon": epsilon}
+    nodes = [
+        helper.make_node("ConvTranspose", ["input", constant("up1.w", rng.standard_normal((8, 8, 4, 4)) * 0.3),
+                                           constant("up1.b", rng.standard_normal(16))], ["up1"], name="up1",
+                         group=2, strides=[2, 2], pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["up1"] + bn("bn1", 16), ["bn1"], name="bn1", **given),
+        helper.make_node("Relu", ["bn1"], ["relu1"], name="relu1"),
+        helper.make_node("ConvTranspose", ["relu1", constant("up2.w", rng.standard_normal((16, 2, 3, 3)) * 0.3)],
+                         ["up2"], name="up2", group=4, strides=[1, 1], pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["up2"] + bn("bn2", 8), ["output"], name="bn2", **given),
+    ]
+    graph = helper.make_graph(nodes, "decoder", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 8, 6, 6])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 8, 12, 12])],
+                              [numpy_helper.from_array(v, k) for k, v in constants.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.checker.check_model(model)
+    return model

@@ -1,0 +1,239 @@
+"""fusion check against the real MNN wheel (run in child processes)."""
+
+import hashlib
+import json
+import os
+import stat
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+
+import fusion
+from fusion import legacy
+from fusion.check import BIAS_MISSING, LEGACY, check
+from fusion.cli import main
+from fusion.engines.mnn import MNNEngine
+from fusion.graph.build import build
+from fusion.graph.demo import demo_specs
+from fusion.graph.sites import find_sites
+from chain import chain_model
+
+pytestmark = pytest.mark.mnn
+
+MNN_VERSION = "3.6.1"
+# What MNN 3.6.1 does with each demo model, as observed: verdict and a phrase of the explanation or note.
+OBSERVED = {
+    "deconv2d_g4_bn": ("pass", None),
+    "deconv2d_g4_mul_add": ("pass", "not folded: the converter kept BinaryOp MUL"),
+    "deconv2d_g1_bn": ("pass", None),
+    "deconv2d_g4_bn_default_epsilon": ("fail", "BatchNormalization folded with epsilon=0 instead of 1e-05 (the ONNX "
+                                               "default: the node has no epsilon attribute)"),
+    "deconv1d_g2_bn": ("pass", "not folded: the converter kept Scale"),
+    "deconv3d_g4_bn": ("fail", "MNN crashed (SIG"),
+    "deconv3d_g1_bn": ("fail", "the converted model is empty"),
+    "deconv3d_g2_mul_add_nobias": ("pass", "decomposed the 3-D op into 3 per-depth 2-D ops"),
+    "deconv2d_depthwise_bn": ("pass", "not folded: the converter kept Scale"),
+    "deconv2d_g4_12to8_nobias_bn": ("pass", None),
+    "deconv2d_g4_bare": ("pass", None),
+    "conv2d_g2_bn": ("pass", None),
+    "conv2d_depthwise_bn": ("pass", None),
+    "conv3d_g2_bn": ("fail", "the converted model is empty"),
+}
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return MNNEngine(timeout=120)
+
+
+def _digest(path):
+    with open(path, "rb") as handle:
+        return hashlib.sha256(handle.read()).hexdigest()
+
+
+def test_demo_verdicts_match_what_mnn_does(engine):
+    if engine.version() != f"MNN {MNN_VERSION}":
+        pytest.skip(f"verdicts were observed on MNN {MNN_VERSION}; installed: {engine.version()}")
+    specs = demo_specs()
+    assert {s.name for s in specs} == set(OBSERVED)
+    for spec in specs:
+        report = check(None, engine, model=build(spec), name=spec.name)
+        (site,) = report.sites
+        status, phrase = OBSERVED[spec.name]
+        words = site.explanations + site.notes
+        assert site.status == status, (spec.name, words)
+        if phrase:
+            assert any(phrase in w for w in words), (spec.name, words)
+        if status == "pass":
+            assert site.output.passed and site.params.passed and not site.explanations
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("chain")
+    path = folder / "decoder.onnx"
+    onnx.save(chain_model(), path)
+    return path
+
+
+def test_whole_model_conversion_passes_and_relu_fusion_is_handled(engine, chain, tmp_path):
+    converted = tmp_path / "decoder.mnn"
+    engine.convert(chain, converted)
+    report = check(chain, engine, converted=converted)
+    assert [s.status for s in report.sites] == ["pass", "pass"], [s.explanations for s in report.sites]
+    assert any("fused the following Relu" in n for n in report.sites[0].notes)
+
+
+def test_default_epsilon_dropped_by_mnn_is_found_and_explained(engine, tmp_path):
+    if engine.version() != f"MNN {MNN_VERSION}":
+        pytest.skip(f"observed on MNN {MNN_VERSION}")
+    path = tmp_path / "default_epsilon.onnx"
+    onnx.save(chain_model(epsilon=None), path)
+    converted = tmp_path / "default_epsilon.mnn"
+    engine.convert(path, converted)
+    report = check(path, engine, converted=converted)
+    phrase = "BatchNormalization folded with epsilon=0 instead of 1e-05"
+    for site in report.sites:
+        assert site.status == "fail"
+        assert any(e.startswith(phrase) for e in site.explanations)
+        assert any(e.startswith(f"parameters: {phrase}") for e in site.explanations)
+
+
+def test_legacy_per_group_fold_is_caught_at_the_right_site(engine, chain, tmp_path):
+    sites = find_sites(onnx.load(chain))
+    first = sites[0]
+    w_legacy, _ = legacy.fold_mnn_legacy(first.w, first.b, first.affine, group=first.group)
+    broken = tmp_path / "legacy.mnn"
+    engine.rewrite(chain, broken, {first.conv_output: (w_legacy, None)}, tmp_path)
+    before = _digest(broken)
+    report = check(chain, engine, converted=broken)
+    bad, good = report.sites
+    assert bad.status == "fail" and good.status == "pass", (bad.explanations, good.explanations)
+    assert LEGACY in bad.explanations  # the output, judged after the fused Relu, also fails
+    assert f"parameters: {LEGACY}" in bad.explanations
+    assert not bad.output.passed and not bad.params.passed
+    assert _digest(broken) == before
+
+
+def test_zeroed_bias_is_explained_as_bias_missing(engine, chain, tmp_path):
+    second = find_sites(onnx.load(chain))[1]
+    broken = tmp_path / "nobias.mnn"
+    engine.rewrite(chain, broken, {second.conv_output: (None, np.zeros(8, np.float32))}, tmp_path)
+    report = check(chain, engine, converted=broken)
+    assert report.sites[0].status == "pass"
+    site = report.sites[1]
+    assert site.status == "fail"
+    assert BIAS_MISSING in site.explanations
+    assert "parameters: bias missing in the fused op (all zero)" in site.explanations
+
+
+def test_a_crashing_converter_is_a_finding_not_a_dead_tool(tmp_path, capsys):
+    converter = tmp_path / "MNNConvert"
+    converter.write_text("#!/bin/sh\nkill -ABRT $$\n")
+    converter.chmod(converter.stat().st_mode | stat.S_IEXEC)
+    model = tmp_path / "m.onnx"
+    onnx.save(build(demo_specs()[0]), model)
+    report_path = tmp_path / "report.json"
+    assert main(["check", str(model), "--converter", str(converter), "--json", str(report_path)]) == 1
+    report = json.loads(report_path.read_text())
+    (site,) = report["models"][0]["sites"]
+    assert site["status"] == "fail"
+    assert site["failures"][0]["signal"] == "SIGABRT"
+    assert "MNN crashed (SIGABRT) while converting" in site["explanations"]
+
+
+def test_a_hanging_converter_times_out_as_a_finding(tmp_path):
+    converter = tmp_path / "MNNConvert"
+    converter.write_text("#!/bin/sh\nsleep 30\n")
+    converter.chmod(converter.stat().st_mode | stat.S_IEXEC)
+    model = tmp_path / "m.onnx"
+    onnx.save(build(demo_specs()[0]), model)
+    report = check(model, MNNEngine(str(converter), timeout=1.0))
+    assert report.sites[0].failures[0]["kind"] == "timeout"
+    assert "MNN hung while converting" in report.sites[0].explanations[0]
+
+
+def _dynamic_weight_model(path):
+    model = chain_model()
+    weight = next(t for t in model.graph.initializer if t.name == "up2.w")
+    model.graph.initializer.remove(weight)
+    model.graph.input.append(onnx.helper.make_tensor_value_info("up2.w", onnx.TensorProto.FLOAT, [16, 2, 3, 3]))
+    onnx.save(model, path)
+
+
+@pytest.mark.parametrize("case, reason", [
+    ("not_onnx", "is not an ONNX model"),
+    ("missing", "no such file"),
+    ("dynamic", "up2: weight up2.w is not a constant initializer"),
+    ("truncated_mnn", "cannot read converted model"),
+])
+def test_bad_input_exits_2_with_one_line_and_leaves_files_alone(case, reason, tmp_path, chain, engine, capsys):
+    args = ["check"]
+    files = []
+    if case == "not_onnx":
+        path = tmp_path / "model.onnx"
+        path.write_bytes(os.urandom(2048))
+        args.append(str(path))
+        files.append(path)
+    elif case == "missing":
+        args.append(str(tmp_path / "absent.onnx"))
+    elif case == "dynamic":
+        path = tmp_path / "dynamic.onnx"
+        _dynamic_weight_model(path)
+        args.append(str(path))
+        files.append(path)
+    else:
+        converted = tmp_path / "decoder.mnn"
+        engine.convert(chain, converted)
+        converted.write_bytes(converted.read_bytes()[: converted.stat().st_size // 3])
+        args += [str(chain), "--mnn", str(converted)]
+        files += [converted, chain]
+    before = {p: _digest(p) for p in files}
+    assert main(args) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("fusion: error:") and reason in error and "\n" not in error
+    assert {p: _digest(p) for p in files} == before
+
+
+NO_NETWORK = """
+import socket, sys
+def refuse(event, args):
+    if event in ("socket.connect", "socket.getaddrinfo", "socket.sendto", "socket.bind"):
+        open(__import__("os").environ["FUSION_NET_LOG"], "a").write(f"{event} {args}\\n")
+        raise OSError("network access during a check")
+sys.addaudithook(refuse)
+"""
+
+
+def test_check_makes_no_network_access(tmp_path):
+    """Every Python process of a check (the tool and its MNN children) runs with an audit hook that logs and refuses
+    any socket connect, bind, send or name lookup; the log must stay empty."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(NO_NETWORK)
+    log = tmp_path / "network.log"
+    env = dict(os.environ, PYTHONPATH=f"{hook}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", FUSION_NET_LOG=str(log))
+    model = tmp_path / "m.onnx"
+    onnx.save(build(demo_specs()[1]), model)
+    result = subprocess.run([sys.executable, "-m", "fusion.cli", "check", str(model)], env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert not log.exists(), log.read_text()
+    # and the hook really is active in the children: a child that tries to connect is logged
+    probe = subprocess.run([sys.executable, "-c", "import socket; socket.create_connection(('127.0.0.1', 9))"],
+                           env=env, capture_output=True, text=True)
+    assert probe.returncode != 0 and log.exists()
+
+
+def test_mnn_tools_telemetry_module_is_never_imported(tmp_path):
+    code = ("import sys, onnx; from fusion.check import check; from fusion.engines.mnn import MNNEngine; "
+            "from fusion.graph.build import build; from fusion.graph.demo import demo_specs; "
+            f"onnx.save(build(demo_specs()[0]), r'{tmp_path / 'm.onnx'}'); "
+            f"check(r'{tmp_path / 'm.onnx'}', MNNEngine()); "
+            "print(sorted(m for m in sys.modules if m.startswith('MNN')))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"  # MNN itself runs only in child processes
