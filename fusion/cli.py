@@ -29,6 +29,21 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--seed", type=int, default=0, help="seed of the random model inputs (default 0)")
     check.add_argument("--timeout", type=float, default=120.0, help="seconds before an engine step counts as hung")
     check.add_argument("--threads", type=int, default=1, help="MNN CPU threads")
+    fuse = commands.add_parser("fuse", help="fold every foldable site of a model and verify it",
+                               description="Fold each Conv/ConvTranspose + BatchNormalization or per-channel Mul/Add "
+                               "with fusion.fold, verify the folded model with onnxruntime against the reference "
+                               "within the bound, and write OUT atomically. IN is never modified.")
+    fuse.add_argument("input", metavar="IN")
+    fuse.add_argument("output", metavar="OUT")
+    fuse.add_argument("--seed", type=int, default=0, help="seed of the random verification inputs")
+    fuse.add_argument("--json", dest="json_path", help="write the fold report here")
+    bench = commands.add_parser("bench", help="time fused vs unfused ConvTranspose + BN across engines",
+                                description="Time this library's kernels, onnxruntime and MNN, unfused and fused, on "
+                                "the benchmark suite in one interleaved run, and print the table.")
+    bench.add_argument("--quick", action="store_true", help="half-size inputs and 5 repetitions")
+    bench.add_argument("--threads", default="1,2", help="thread counts to run, comma separated (default 1,2)")
+    bench.add_argument("--repetitions", type=int, help="timed runs per path (default 15, quick 5)")
+    bench.add_argument("--out", help="also write bench.json, bench.md and bench.png into this folder")
     return parser
 
 
@@ -61,12 +76,68 @@ def _check(args, console: Console) -> int:
     return 0 if all(r.passed for r in reports) else 1
 
 
+def _fuse(args, console: Console) -> int:
+    import json
+    import os
+
+    from rich.table import Table
+
+    from fusion.files import write_atomic
+    from fusion.graph.fuse import fuse_model, verify
+    from fusion.graph.model import load
+
+    if os.path.exists(args.output) and os.path.samefile(args.input, args.output):
+        raise FusionInputError("OUT must differ from IN: the input model is never modified")
+    original = load(args.input)
+    fused, report, sites = fuse_model(original)
+    verify(original, fused, sites, seed=args.seed, report=report)
+    grid = Table(title=f"fusion fuse {args.input}", expand=True)
+    for column in ("site", "what", "result"):
+        grid.add_column(column, overflow="fold")
+    for entry in report.folded:
+        state = "[green]folded[/green]" if entry["passed"] else "[red]folded, verification FAILED[/red]"
+        grid.add_row(entry["site"], entry["what"], f"{state}: {entry['comparison']}")
+    for entry in report.skipped:
+        grid.add_row(entry["site"], entry["what"], f"[yellow]skipped[/yellow]: {entry['reason']}")
+    console.print(grid)
+    console.print(f"{len(report.folded)} folded, {len(report.skipped)} skipped; model outputs differ from the "
+                  f"original by at most {report.output_diff_max:.3g} on random inputs")
+    if args.json_path:
+        write_atomic(args.json_path, json.dumps(report.to_dict(), indent=2) + "\n")
+    if not report.verified:
+        console.print("[red]verification failed: OUT not written[/red]")
+        return 1
+    write_atomic(args.output, fused.SerializeToString())
+    return 0
+
+
+def _bench(args, console: Console) -> int:
+    from rich.markdown import Markdown
+
+    from fusion import bench
+
+    threads = tuple(int(t) for t in args.threads.split(","))
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("timing", total=len(bench.SUITE) * len(threads))
+        document = bench.run(quick=args.quick, threads_list=threads, repetitions=args.repetitions,
+                             progress=lambda shape, t: progress.advance(task))
+    console.print(Markdown(bench.markdown(document)))
+    if args.out:
+        for kind, path in bench.write(document, args.out).items():
+            console.print(f"{kind}: {path}")
+    return 0
+
+
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     console = Console(stderr=False)
     try:
         if args.command == "check":
             return _check(args, console)
+        if args.command == "fuse":
+            return _fuse(args, console)
+        if args.command == "bench":
+            return _bench(args, console)
     except FusionInputError as error:
         print(f"fusion: error: {error}", file=sys.stderr)
         return 2

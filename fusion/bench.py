@@ -1,0 +1,425 @@
+"""Fused vs unfused ConvTranspose + BatchNormalization, timed across this library, onnxruntime and MNN.
+
+One interleaved run: for every repetition, every path of every engine runs once, in turn, so that machine noise
+hits all of them alike. Reported per path: median, min and max seconds, GFLOP/s, the fraction of this CPU's
+float32 peak, and ratios against peers measured in the same run.
+
+The float32 peak is *measured*, not looked up: a Numba loop of independent 8-wide fused multiply-adds (enough
+chains to fill both FMA pipes of a core) runs on each thread; peak = its FLOP/s.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import signal
+import subprocess
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import numba
+import onnx
+import onnxruntime
+
+from fusion import fold, ops
+from fusion.affine import batch_norm_affine
+from fusion.engines.isolate import python_child
+from fusion.engines.onnxruntime import session
+from fusion.files import write_atomic
+from fusion.graph.build import SiteSpec, build
+from fusion.graph.fuse import fuse_model
+
+
+@dataclass(frozen=True)
+class Shape:
+    name: str
+    c_in: int
+    c_out: int
+    group: int
+    kernel: int
+    stride: int
+    pad: int
+    spatial: tuple[int, ...]
+    output_padding: int = 0
+
+    @property
+    def rank(self) -> int:
+        return len(self.spatial)
+
+    def spec(self, scale: float = 1.0) -> SiteSpec:
+        spatial = tuple(max(2, int(round(s * scale))) for s in self.spatial)
+        attributes = {"strides": [self.stride] * self.rank, "pads": [self.pad] * (2 * self.rank)}
+        if self.output_padding:
+            attributes["output_padding"] = [self.output_padding] * self.rank
+        return SiteSpec("ConvTranspose", (1, self.c_in) + spatial, self.c_out, self.group, (self.kernel,) * self.rank,
+                        attributes, True, "bn", 1, self.name)
+
+    def flops(self, spec: SiteSpec) -> float:
+        """2 * N * C_in * (C_out/group) * taps * input positions: one multiply and one add per product."""
+        return 2.0 * spec.input_shape[0] * self.c_in * (self.c_out // self.group) * self.kernel ** self.rank * \
+            float(np.prod(spec.input_shape[2:]))
+
+
+SUITE = (
+    Shape("decoder 256->128 k4 s2 p1 32^2", 256, 128, 1, 4, 2, 1, (32, 32)),
+    Shape("decoder g4 256->128 k4 s2 p1 32^2", 256, 128, 4, 4, 2, 1, (32, 32)),
+    Shape("depthwise 128 k4 s2 p1 64^2", 128, 128, 128, 4, 2, 1, (64, 64)),
+    Shape("small g4 16->16 k3 s2 p1 op1 56^2", 16, 16, 4, 3, 2, 1, (56, 56), 1),
+    Shape("3d g4 32->32 k3 s2 p1 16^3", 32, 32, 4, 3, 2, 1, (16, 16, 16)),
+)
+
+
+@numba.njit(fastmath=True, cache=True)
+def _fma_chains(rounds, b, c):  # pragma: no cover - jitted
+    # 64 accumulators with a literal trip count: LLVM keeps them in 8 AVX2 registers, 8 independent FMA chains,
+    # enough to cover the FMA latency on both pipes
+    acc = np.ones(64, np.float32)
+    for _ in range(rounds):
+        for i in range(64):
+            acc[i] = acc[i] * b + c
+    return acc.sum()
+
+
+@numba.njit(parallel=True, cache=True)
+def _fma_threads(threads, rounds, b, c):  # pragma: no cover - jitted
+    total = np.zeros(threads, np.float32)
+    for t in numba.prange(threads):
+        total[t] = _fma_chains(rounds, b, c)
+    return total
+
+
+def measure_peak(threads: int) -> float:
+    """float32 FLOP/s of ``threads`` threads each running 8 independent 8-wide FMA chains (best of 3)."""
+    b, c = np.float32(0.999999), np.float32(1e-6)
+    numba.set_num_threads(threads)
+    _fma_threads(threads, 10, b, c)
+    rounds = 3_000_000
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        _fma_threads(threads, rounds, b, c)
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * 64 * rounds * threads / best
+
+
+class MnnTimer:
+    """The persistent MNN child (``children/mnn_bench.py``). If MNN crashes, the child is restarted and the models
+    loaded so far are loaded again, so that one crashing model costs one path, not the rest of the run."""
+
+    def __init__(self):
+        self.loads: list[str] = []
+        self.process = None
+        self._start()
+
+    def _start(self):
+        self.process = subprocess.Popen(python_child("mnn_bench.py"), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        stderr=subprocess.DEVNULL, text=True, bufsize=1)
+        for line in self.loads:
+            self._send(line)
+
+    def _send(self, line: str) -> str:
+        try:
+            self.process.stdin.write(line + "\n")
+            self.process.stdin.flush()
+            answer = self.process.stdout.readline().strip()
+        except BrokenPipeError:
+            answer = ""
+        if answer:
+            return answer
+        code = self.process.wait()
+        signal_name = signal.Signals(-code).name if code < 0 else f"exit {code}"
+        return f"error MNN crashed ({signal_name})"
+
+    def ask(self, line: str) -> str:
+        if self.process.poll() is not None:
+            self._start()
+        answer = self._send(line)
+        if line.startswith("load") and answer == "ok":
+            self.loads.append(line)
+        elif answer.startswith("error MNN crashed") and line.startswith("time"):
+            key = line.split()[1]
+            self.loads = [l for l in self.loads if l.split()[1] != key]  # never load the crashing model again
+        return answer
+
+    def close(self):
+        if self.process.poll() is None:
+            self.process.stdin.write("quit\n")
+            self.process.stdin.flush()
+            self.process.wait(timeout=30)
+
+
+@dataclass
+class PathResult:
+    shape: str
+    engine: str
+    path: str
+    threads: int
+    times: list[float] = field(default_factory=list)
+    error: str | None = None
+    flops: float = 0.0
+
+    @property
+    def median(self) -> float:
+        return float(np.median(self.times)) if self.times else float("nan")
+
+    def summary(self, peak: float) -> dict:
+        data = {k: v for k, v in asdict(self).items() if k != "times"}
+        if self.times:
+            data.update(median=self.median, min=float(np.min(self.times)), max=float(np.max(self.times)),
+                        gflops=self.flops / self.median / 1e9, peak_fraction=self.flops / self.median / peak,
+                        repetitions=len(self.times))
+        return data
+
+
+def _mnn_convert(onnx_path: Path, mnn_path: Path, extra: list[str]) -> str | None:
+    argv = python_child("mnn_child.py") + ["mnnconvert", "-f", "ONNX", "--modelFile", str(onnx_path), "--MNNModel",
+                                           str(mnn_path), "--bizCode", "fusion", *extra]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    if result.returncode != 0:
+        return f"converter exit {result.returncode}"
+    if not mnn_path.exists() or mnn_path.stat().st_size == 0:
+        return "converter wrote no model"
+    return None
+
+
+def run(*, quick: bool = False, threads_list=(1, 2), repetitions: int | None = None, engines=("fusion", "onnxruntime",
+        "mnn"), progress=None) -> dict:
+    """Run the suite; returns a JSON-ready dict with environment, peaks and one row per (shape, engine, path)."""
+    repetitions = repetitions or (5 if quick else 15)
+    scale = 0.5 if quick else 1.0
+    results: list[PathResult] = []
+    peaks = {t: measure_peak(t) for t in threads_list}
+    mnn = MnnTimer() if "mnn" in engines else None
+    with tempfile.TemporaryDirectory(prefix="fusion-bench-") as scratch:
+        scratch = Path(scratch)
+        try:
+            for threads in threads_list:
+                numba.set_num_threads(threads)
+                for shape in SUITE:
+                    spec = shape.spec(scale)
+                    flops = shape.flops(spec)
+                    model = build(spec)
+                    paths = _paths(shape, spec, model, threads, engines, mnn, scratch)
+                    rows = {name: PathResult(shape.name, name[0], name[1], threads, flops=flops) for name in paths}
+                    for name, call in paths.items():  # warm-up (compiles, allocates) and catch failures
+                        try:
+                            call()
+                        except Exception as exc:  # one engine failing a shape is a result, not a crash
+                            rows[name].error = str(exc).splitlines()[0][:200]
+                    for _ in range(repetitions):
+                        for name, call in paths.items():
+                            if rows[name].error is None:
+                                rows[name].times.append(call())
+                    results += rows.values()
+                    if progress:
+                        progress(shape.name, threads)
+        finally:
+            if mnn:
+                mnn.close()
+    return {"environment": environment(), "repetitions": repetitions, "quick": quick,
+            "peak_flops": {str(t): p for t, p in peaks.items()},
+            "results": [r.summary(peaks[r.threads]) for r in results]}
+
+
+def _timed(function):
+    def call():
+        start = time.perf_counter()
+        function()
+        return time.perf_counter() - start
+    return call
+
+
+def _paths(shape: Shape, spec: SiteSpec, model: onnx.ModelProto, threads: int, engines, mnn, scratch: Path) -> dict:
+    from fusion.graph.sites import find_sites
+
+    (site,) = find_sites(model)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(spec.input_shape).astype(np.float32)
+    attributes = site.attributes
+    bn = {k: v for k, v in zip(("scale", "bias", "mean", "var"),
+                               (np.asarray(c, np.float64) for c in _bn_constants(model)))}
+    affine = batch_norm_affine(**bn, epsilon=1e-5)
+    w, b = site.w, site.b
+    w_f, b_f = fold.fold_affine(w, b, affine, group=site.group, transposed=True)
+    paths = {}
+    if "fusion" in engines:
+        paths[("fusion", "conv_transpose only")] = _timed(lambda: ops.conv_transpose(x, w, b, **attributes))
+        paths[("fusion", "unfused")] = _timed(
+            lambda: ops.channel_affine(ops.conv_transpose(x, w, b, **attributes), affine))
+        paths[("fusion", "folded")] = _timed(lambda: ops.conv_transpose(x, w_f, b_f, **attributes))
+        paths[("fusion", "epilogue")] = _timed(
+            lambda: ops.conv_transpose_channel_affine(x, w, b, affine, **attributes))
+    fused, _, _ = fuse_model(model)
+    if "onnxruntime" in engines:
+        for label, graph, optimized in (("unfused", model, False), ("folded", fused, False),
+                                        ("own fusion", model, True)):
+            s = session(graph, optimized=optimized, threads=threads)
+            paths[("onnxruntime", label)] = _timed(lambda s=s: s.run(None, {"x": x}))
+    if "mnn" in engines:
+        # MNN's unfused path: BN spelled as Mul + Add, which MNN 3.6.1 keeps as separate ops (its --forTraining
+        # conversion, which keeps BatchNorm, crashes at run time)
+        stem = f"{abs(hash((shape.name, threads)))}"
+        for label, graph, extra in (("unfused", _bn_as_mul_add(model, affine), []), ("folded", fused, []),
+                                    ("own fusion", model, [])):
+            onnx_path, mnn_path = scratch / f"{stem}-{label}.onnx", scratch / f"{stem}-{label.replace(' ', '_')}.mnn"
+            onnx.save(graph, onnx_path)
+            failure = _mnn_convert(onnx_path, mnn_path, extra)
+            key = f"{stem}-{label.replace(' ', '_')}"
+            if failure is None:
+                answer = mnn.ask(f"load {key} {mnn_path} x y {','.join(map(str, spec.input_shape))} {threads} 0")
+                failure = None if answer == "ok" else answer
+            paths[("mnn", label)] = _mnn_call(mnn, key, failure)
+    return paths
+
+
+def _bn_as_mul_add(model: onnx.ModelProto, affine) -> onnx.ModelProto:
+    """The same site with its BatchNormalization written as ``Mul(a) -> Add(beta - a*mean)``."""
+    from onnx import helper, numpy_helper
+
+    rewritten = onnx.ModelProto()
+    rewritten.CopyFrom(model)
+    bn = next(n for n in rewritten.graph.node if n.op_type == "BatchNormalization")
+    rank = len(rewritten.graph.input[0].type.tensor_type.shape.dim) - 2
+    shape = (1, affine.channels) + (1,) * rank
+    rewritten.graph.initializer.extend([
+        numpy_helper.from_array(affine.mul.reshape(shape).astype(np.float32), "bn_as_mul"),
+        numpy_helper.from_array(affine.shift.reshape(shape).astype(np.float32), "bn_as_add")])
+    nodes = [n for n in rewritten.graph.node if n is not bn]
+    nodes += [helper.make_node("Mul", [bn.input[0], "bn_as_mul"], ["bn_mul"], name="bn_mul"),
+              helper.make_node("Add", ["bn_mul", "bn_as_add"], [bn.output[0]], name="bn_add")]
+    del rewritten.graph.node[:]
+    rewritten.graph.node.extend(nodes)
+    return rewritten
+
+
+def _mnn_call(mnn: MnnTimer, key: str, failure: str | None):
+    def call():
+        if failure:
+            raise RuntimeError(failure)
+        answer = mnn.ask(f"time {key}")
+        if answer.startswith("error"):
+            raise RuntimeError(answer)
+        return float(answer)
+    return call
+
+
+def _bn_constants(model: onnx.ModelProto):
+    from onnx import numpy_helper
+
+    values = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    return [values[n] for n in ("bn_scale", "bn_bias", "bn_mean", "bn_var")]
+
+
+def environment() -> dict:
+    import MNN  # noqa: F401  (version only; MNN never runs in this process)
+
+    cpu = ""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            info = handle.read()
+        name = next((l.split(":", 1)[1].strip() for l in info.splitlines() if l.startswith("model name")), "")
+        family = next((l.split(":", 1)[1].strip() for l in info.splitlines() if l.startswith("cpu family")), "")
+        flags = next((l.split(":", 1)[1].split() for l in info.splitlines() if l.startswith("flags")), [])
+        simd = [f for f in ("avx512f", "avx2", "fma") if f in flags]
+        cpu = f"{name} (family {family}; {', '.join(simd)})"
+    except OSError:
+        cpu = platform.processor()
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__,
+            "numba": numba.__version__, "onnxruntime": onnxruntime.__version__, "mnn": MNN.version(),
+            "fusion": __import__("fusion").__version__}
+
+
+def ratios(document: dict) -> list[dict]:
+    """Per shape and thread count: fused/unfused per engine, and fusion's times against each peer's best."""
+    rows = []
+    by_key = {}
+    for r in document["results"]:
+        by_key.setdefault((r["shape"], r["threads"]), {})[(r["engine"], r["path"])] = r
+    for (shape, threads), paths in by_key.items():
+        row = {"shape": shape, "threads": threads}
+        for engine in ("fusion", "onnxruntime", "mnn"):
+            unfused, folded = paths.get((engine, "unfused")), paths.get((engine, "folded"))
+            if unfused and folded and "median" in unfused and "median" in folded:
+                row[f"{engine} folded/unfused"] = folded["median"] / unfused["median"]
+        ours = paths.get(("fusion", "conv_transpose only"), {}).get("median")
+        peers = [paths[(e, p)]["median"] for e in ("onnxruntime", "mnn") for p in ("folded",)
+                 if (e, p) in paths and "median" in paths[(e, p)]]
+        if ours and peers:
+            row["fusion conv_transpose / fastest peer folded"] = ours / min(peers)
+        folded = paths.get(("fusion", "folded"), {}).get("median")
+        epilogue = paths.get(("fusion", "epilogue"), {}).get("median")
+        if ours and folded:
+            row["fusion folded / conv_transpose only"] = folded / ours
+        if ours and epilogue:
+            row["fusion epilogue / conv_transpose only"] = epilogue / ours
+        rows.append(row)
+    return rows
+
+
+def markdown(document: dict) -> str:
+    env = document["environment"]
+    lines = [f"Environment: {env['cpu']}, {env['cores']} cores; numba {env['numba']}, onnxruntime "
+             f"{env['onnxruntime']}, MNN {env['mnn']}, numpy {env['numpy']}, Python {env['python']}. "
+             f"{document['repetitions']} interleaved repetitions per path"
+             f"{' (quick: half-size inputs)' if document['quick'] else ''}. Measured float32 peak: " +
+             ", ".join(f"{float(v) / 1e9:.1f} GFLOP/s at {k} thread(s)" for k, v in document["peak_flops"].items()),
+             "", "| shape | threads | engine | path | median ms | min ms | max ms | GFLOP/s | % peak |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in document["results"]:
+        if "median" in r:
+            lines.append(f"| {r['shape']} | {r['threads']} | {r['engine']} | {r['path']} | {r['median'] * 1e3:.2f} | "
+                         f"{r['min'] * 1e3:.2f} | {r['max'] * 1e3:.2f} | {r['gflops']:.1f} | "
+                         f"{100 * r['peak_fraction']:.1f} |")
+        else:
+            lines.append(f"| {r['shape']} | {r['threads']} | {r['engine']} | {r['path']} | cannot run: "
+                         f"{r['error']} | | | | |")
+    lines += ["", "| shape | threads | ratio | value |", "|---|---|---|---|"]
+    for row in ratios(document):
+        for key, value in row.items():
+            if key not in ("shape", "threads"):
+                lines.append(f"| {row['shape']} | {row['threads']} | {key} | {value:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(document: dict, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    threads_list = sorted({r["threads"] for r in document["results"]})
+    figure, axes = plt.subplots(len(threads_list), 1, figsize=(13, 4.5 * len(threads_list)), squeeze=False)
+    for axis, threads in zip(axes[:, 0], threads_list):
+        rows = [r for r in document["results"] if r["threads"] == threads]
+        shapes = list(dict.fromkeys(r["shape"] for r in rows))
+        series = list(dict.fromkeys((r["engine"], r["path"]) for r in rows))
+        width = 0.8 / len(series)
+        for i, (engine, path_name) in enumerate(series):
+            values = [next((r.get("median", np.nan) * 1e3 for r in rows if r["shape"] == s and r["engine"] == engine
+                            and r["path"] == path_name), np.nan) for s in shapes]
+            axis.bar(np.arange(len(shapes)) + i * width, values, width, label=f"{engine}: {path_name}")
+        axis.set_xticks(np.arange(len(shapes)) + 0.4 - width / 2, shapes, fontsize=8)
+        axis.set_yscale("log")
+        axis.set_ylabel("median ms (log)")
+        axis.set_title(f"ConvTranspose + BatchNormalization, {threads} thread(s)")
+        axis.legend(fontsize=7, ncol=4)
+    figure.tight_layout()
+    buffer = tempfile.NamedTemporaryFile(suffix=".png", delete=False, dir=os.path.dirname(os.path.abspath(path)))
+    buffer.close()
+    figure.savefig(buffer.name, dpi=110)
+    plt.close(figure)
+    os.replace(buffer.name, path)
+
+
+def write(document: dict, folder) -> dict:
+    import json
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_atomic(folder / "bench.json", json.dumps(document, indent=2) + "\n")
+    write_atomic(folder / "bench.md", markdown(document))
+    plot(document, folder / "bench.png")
+    return {"json": str(folder / "bench.json"), "markdown": str(folder / "bench.md"), "plot": str(folder / "bench.png")}

@@ -1,0 +1,25 @@
+"""The benchmark machinery runs (speed itself is measured in benchmarks/, never asserted in a test)."""
+
+import json
+
+import pytest
+
+from fusion import bench
+from fusion.cli import main
+
+
+@pytest.mark.mnn
+def test_quick_bench_writes_json_markdown_and_plot(tmp_path, monkeypatch, capsys):
+    small = (bench.Shape("tiny g2", 8, 8, 2, 3, 2, 1, (6, 6)), bench.Shape("tiny 3d g2", 4, 4, 2, 3, 2, 1, (3, 3, 3)))
+    monkeypatch.setattr(bench, "SUITE", small)
+    assert main(["bench", "--quick", "--threads", "1", "--repetitions", "2", "--out", str(tmp_path)]) == 0
+    document = json.loads((tmp_path / "bench.json").read_text())
+    rows = {(r["shape"], r["engine"], r["path"]): r for r in document["results"]}
+    for engine, path in (("fusion", "unfused"), ("fusion", "folded"), ("fusion", "epilogue"),
+                         ("onnxruntime", "unfused"), ("onnxruntime", "folded"), ("mnn", "folded")):
+        row = rows[("tiny g2", engine, path)]
+        assert row["repetitions"] == 2 and row["min"] <= row["median"] <= row["max"] and row["gflops"] > 0
+    assert float(document["peak_flops"]["1"]) > 1e9
+    assert (tmp_path / "bench.png").stat().st_size > 10_000
+    assert "| tiny g2 | 1 | fusion | folded |" in (tmp_path / "bench.md").read_text()
+    assert "fusion folded / conv_transpose only" in capsys.readouterr().out
