@@ -23,6 +23,7 @@ import numpy as np
 import numba
 import onnx
 import onnxruntime
+from threadpoolctl import threadpool_limits
 
 from fusion import fold, ops
 from fusion.affine import batch_norm_affine
@@ -198,6 +199,7 @@ def run(*, quick: bool = False, threads_list=(1, 2), repetitions: int | None = N
         try:
             for threads in threads_list:
                 numba.set_num_threads(threads)
+                limits = threadpool_limits(threads, user_api="blas")  # numpy's BLAS does our GEMMs
                 for shape in SUITE:
                     spec = shape.spec(scale)
                     flops = shape.flops(spec)
@@ -216,6 +218,7 @@ def run(*, quick: bool = False, threads_list=(1, 2), repetitions: int | None = N
                     results += rows.values()
                     if progress:
                         progress(shape.name, threads)
+                limits.restore_original_limits()
         finally:
             if mnn:
                 mnn.close()
@@ -328,8 +331,15 @@ def environment() -> dict:
     except OSError:
         cpu = platform.processor()
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__,
-            "numba": numba.__version__, "onnxruntime": onnxruntime.__version__, "mnn": MNN.version(),
+            "numba": numba.__version__, "numba_threading_layer": _threading_layer(), "onnxruntime": onnxruntime.__version__, "mnn": MNN.version(),
             "fusion": __import__("fusion").__version__}
+
+
+def _threading_layer() -> str:
+    try:
+        return numba.threading_layer()
+    except ValueError:  # no parallel region has run yet
+        return "not initialised"
 
 
 def ratios(document: dict) -> list[dict]:

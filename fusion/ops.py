@@ -12,9 +12,13 @@ from fusion import attrs
 from fusion.affine import ChannelAffine, batch_norm_affine, scale_affine
 from fusion.errors import FusionInputError
 from fusion.kernels.affine import channel_affine_3d
+from fusion.kernels.col2im import col2im_3d, col2im_affine_3d, im2col_3d
 from fusion.kernels.conv import conv_3d, conv_transpose_3d, conv_transpose_affine_3d
 
 DTYPES = (np.float32, np.float64)
+# Below this many input channels per group a GEMM degenerates (depthwise: outer products) and the direct
+# kernels are faster; at or above it, BLAS does the multiply-adds.
+GEMM_MIN_CHANNELS = 4
 
 
 def _input(x, node: str) -> np.ndarray:
@@ -57,6 +61,43 @@ def _run_conv(kernel, x, w, b, geo: attrs.ConvGeometry, *extra) -> np.ndarray:
     return y
 
 
+def _lifted_shape(values: tuple[int, ...]) -> tuple[int, ...]:
+    return (1,) * (3 - len(values)) + tuple(values)
+
+
+def _conv_transpose_gemm(x, w, b, geo: attrs.ConvGeometry, affine: ChannelAffine | None = None) -> np.ndarray:
+    """ConvTranspose as one GEMM per (batch, group), then col2im (see ``fusion.kernels.col2im``)."""
+    group, c_in_g, c_out_g = geo.group, geo.c_in // geo.group, geo.c_out // geo.group
+    taps, positions = int(np.prod(geo.kernel_shape)), int(np.prod(geo.input_shape))
+    # w: (c_in, c_out/group, *k) -> per group (c_out/group * taps, c_in/group), contiguous for BLAS
+    w_t = np.ascontiguousarray(w.reshape(group, c_in_g, c_out_g * taps).transpose(0, 2, 1))
+    cols = np.matmul(w_t[None], x.reshape(geo.batch, group, c_in_g, positions))
+    cols = cols.reshape((geo.batch, geo.c_out) + _lifted_shape(geo.kernel_shape) + _lifted_shape(geo.input_shape))
+    y = np.empty((geo.batch, geo.c_out) + geo.output_shape, dtype=x.dtype)
+    geometry = (_lift_ints(geo.strides, 1), _lift_ints(geo.dilations, 1), _lift_ints(geo.pads_begin, 0))
+    if affine is None:
+        col2im_3d(cols, b, *geometry, _lift(y))
+    else:
+        col2im_affine_3d(cols, b, *geometry, affine.mul, affine.sub, affine.add, _lift(y))
+    return y
+
+
+def _conv_gemm(x, w, b, geo: attrs.ConvGeometry) -> np.ndarray:
+    """Conv as im2col, then one GEMM per (batch, group) plus the bias."""
+    group, c_in_g, c_out_g = geo.group, geo.c_in // geo.group, geo.c_out // geo.group
+    taps, positions = int(np.prod(geo.kernel_shape)), int(np.prod(geo.output_shape))
+    cols = np.empty((geo.batch, geo.c_in) + _lifted_shape(geo.kernel_shape) + _lifted_shape(geo.output_shape),
+                    dtype=x.dtype)
+    im2col_3d(_lift(x), _lift_ints(geo.strides, 1), _lift_ints(geo.dilations, 1), _lift_ints(geo.pads_begin, 0),
+              cols)
+    # w: (c_out, c_in/group, *k) -> per group (c_out/group, c_in/group * taps)
+    y = np.matmul(w.reshape(group, c_out_g, c_in_g * taps)[None],
+                  cols.reshape(geo.batch, group, c_in_g * taps, positions))
+    y = y.reshape((geo.batch, geo.c_out) + geo.output_shape)
+    y += b.reshape((1, -1) + (1,) * geo.rank)
+    return y
+
+
 def conv_transpose(x, w, b=None, *, group=1, strides=None, pads=None, dilations=None, output_padding=None,
                    output_shape=None, auto_pad="NOTSET", kernel_shape=None) -> np.ndarray:
     """ONNX ConvTranspose (opset 11+), 1-D to 3-D.
@@ -80,7 +121,10 @@ def conv_transpose(x, w, b=None, *, group=1, strides=None, pads=None, dilations=
     geo = attrs.resolve(x.shape, w.shape, transposed=True, group=group, strides=strides, pads=pads,
                         dilations=dilations, output_padding=output_padding, output_shape=output_shape,
                         auto_pad=auto_pad, kernel_shape=kernel_shape)
-    return _run_conv(conv_transpose_3d, x, w, _bias(b, geo.c_out, x.dtype, "conv_transpose"), geo)
+    b = _bias(b, geo.c_out, x.dtype, "conv_transpose")
+    if geo.c_in // geo.group >= GEMM_MIN_CHANNELS:
+        return _conv_transpose_gemm(x, w, b, geo)
+    return _run_conv(conv_transpose_3d, x, w, b, geo)
 
 
 def conv(x, w, b=None, *, group=1, strides=None, pads=None, dilations=None, auto_pad="NOTSET",
@@ -103,7 +147,10 @@ def conv(x, w, b=None, *, group=1, strides=None, pads=None, dilations=None, auto
     w = _like(w, x.dtype, "w", "conv")
     geo = attrs.resolve(x.shape, w.shape, transposed=False, group=group, strides=strides, pads=pads,
                         dilations=dilations, auto_pad=auto_pad, kernel_shape=kernel_shape)
-    return _run_conv(conv_3d, x, w, _bias(b, geo.c_out, x.dtype, "conv"), geo)
+    b = _bias(b, geo.c_out, x.dtype, "conv")
+    if geo.c_in // geo.group >= GEMM_MIN_CHANNELS:
+        return _conv_gemm(x, w, b, geo)
+    return _run_conv(conv_3d, x, w, b, geo)
 
 
 def channel_affine(x, affine: ChannelAffine, *, node: str = "channel_affine") -> np.ndarray:
@@ -147,5 +194,7 @@ def conv_transpose_channel_affine(x, w, b, affine: ChannelAffine, *, group=1, st
     if affine.channels != geo.c_out:
         raise FusionInputError(f"affine map has {affine.channels} channels, the ConvTranspose has {geo.c_out}",
                                node="conv_transpose")
-    return _run_conv(conv_transpose_affine_3d, x, w, _bias(b, geo.c_out, x.dtype, "conv_transpose"), geo,
-                     affine.mul, affine.sub, affine.add)
+    b = _bias(b, geo.c_out, x.dtype, "conv_transpose")
+    if geo.c_in // geo.group >= GEMM_MIN_CHANNELS:
+        return _conv_transpose_gemm(x, w, b, geo, affine)
+    return _run_conv(conv_transpose_affine_3d, x, w, b, geo, affine.mul, affine.sub, affine.add)

@@ -131,3 +131,31 @@ def test_output_dtype_follows_input_and_weights_are_cast():
     w = np.ones((2, 1, 2), np.float64)
     assert fusion.conv_transpose(x, w, group=2).dtype == np.float32
     assert fusion.conv(x.astype(np.float64), w.astype(np.float32), group=2).dtype == np.float64
+
+
+@pytest.mark.parametrize("transposed", [True, False], ids=["ConvTranspose", "Conv"])
+@given(data=st.data())
+def test_gemm_and_direct_paths_both_match_the_reference(transposed, data):
+    """Force each implementation on the same configuration; both must be within the bound of the reference."""
+    import fusion.ops as ops_module
+
+    config = data.draw(conv_configs(transposed=transposed))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    x, w, b = arrays_for(config, rng)
+    attributes = config["attributes"]
+    exact = _function(reference, transposed)(x, w, b, **attributes)
+    bound = site_bound(x, w, b, transposed=transposed, **attributes)
+    saved = ops_module.GEMM_MIN_CHANNELS
+    try:
+        for threshold in (1, 10**9):  # every layer through GEMM, then every layer through the direct kernel
+            ops_module.GEMM_MIN_CHANNELS = threshold
+            result = compare(_function(fusion, transposed)(x, w, b, **attributes), exact, bound=bound)
+            assert result.passed, (threshold, result.summary())
+            if transposed:
+                affine = fusion.scale_affine(rng.uniform(-2, 2, exact.shape[1]), rng.standard_normal(exact.shape[1]))
+                fused = fusion.conv_transpose_channel_affine(x, w, b, affine, **attributes)
+                expected = reference.channel_affine(exact, affine, node="test")
+                assert compare(fused, expected, bound=site_bound(x, w, b, affine, transposed=True,
+                                                                 **attributes)).passed
+    finally:
+        ops_module.GEMM_MIN_CHANNELS = saved
