@@ -191,6 +191,10 @@ def run(*, quick: bool = False, threads_list=(1, 2), repetitions: int | None = N
     """Run the suite; returns a JSON-ready dict with environment, peaks and one row per (shape, engine, path)."""
     repetitions = repetitions or (5 if quick else 15)
     scale = 0.5 if quick else 1.0
+    # Interleaved engines on few cores: a pool that spins after its run steals the cores from the next path.
+    # In this process only, OpenMP (Numba's threading layer) waits passively and onnxruntime does not spin.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    order = np.random.default_rng(0)
     results: list[PathResult] = []
     peaks = {t: measure_peak(t) for t in threads_list}
     mnn = MnnTimer() if "mnn" in engines else None
@@ -211,10 +215,13 @@ def run(*, quick: bool = False, threads_list=(1, 2), repetitions: int | None = N
                             call()
                         except Exception as exc:  # one engine failing a shape is a result, not a crash
                             rows[name].error = str(exc).splitlines()[0][:200]
+                    names = list(paths)
                     for _ in range(repetitions):
-                        for name, call in paths.items():
+                        # a new order every repetition: no path always runs right after the same neighbour
+                        for index in order.permutation(len(names)):
+                            name = names[index]
                             if rows[name].error is None:
-                                rows[name].times.append(call())
+                                rows[name].times.append(paths[name]())
                     results += rows.values()
                     if progress:
                         progress(shape.name, threads)
@@ -259,7 +266,7 @@ def _paths(shape: Shape, spec: SiteSpec, model: onnx.ModelProto, threads: int, e
     if "onnxruntime" in engines:
         for label, graph, optimized in (("unfused", model, False), ("folded", fused, False),
                                         ("own fusion", model, True)):
-            s = session(graph, optimized=optimized, threads=threads)
+            s = session(graph, optimized=optimized, threads=threads, spinning=False)
             paths[("onnxruntime", label)] = _timed(lambda s=s: s.run(None, {"x": x}))
     if "mnn" in engines:
         # MNN's unfused path: BN spelled as Mul + Add, which MNN 3.6.1 keeps as separate ops (its --forTraining

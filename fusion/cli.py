@@ -37,6 +37,19 @@ def _parser() -> argparse.ArgumentParser:
     fuse.add_argument("output", metavar="OUT")
     fuse.add_argument("--seed", type=int, default=0, help="seed of the random verification inputs")
     fuse.add_argument("--json", dest="json_path", help="write the fold report here")
+    sweep = commands.add_parser("sweep", help="generate many small models and judge them: find converter bugs",
+                                description="A differential campaign: random one-site models across the configuration "
+                                "space, judged like fusion check; failures are grouped, shrunk to minimal reproducers "
+                                "and written to --out. Re-running with the same --seed and --out resumes.")
+    sweep.add_argument("--budget", type=int, default=200, help="configurations to judge (default 200)")
+    sweep.add_argument("--seed", type=int, default=0)
+    sweep.add_argument("--dims", default="1,2,3", help="spatial ranks to draw from (default 1,2,3)")
+    sweep.add_argument("--tails", default="none,bn,scale,mul,add", help="tails to draw from")
+    sweep.add_argument("--engine", choices=("mnn", "onnxruntime"), default="mnn")
+    sweep.add_argument("--workers", type=int, default=2, help="local worker processes (default 2)")
+    sweep.add_argument("--dask", help="address of an existing Dask scheduler to run the campaign on")
+    sweep.add_argument("--out", default="sweep-out", help="report folder (default sweep-out)")
+    sweep.add_argument("--timeout", type=float, default=120.0, help="seconds before an engine step counts as hung")
     bench = commands.add_parser("bench", help="time fused vs unfused ConvTranspose + BN across engines",
                                 description="Time this library's kernels, onnxruntime and MNN, unfused and fused, on "
                                 "the benchmark suite in one interleaved run, and print the table.")
@@ -111,6 +124,35 @@ def _fuse(args, console: Console) -> int:
     return 0
 
 
+def _sweep(args, console: Console) -> int:
+    from fusion import sweep
+    from fusion.graph.sites import TAILS
+
+    dims = tuple(int(d) for d in args.dims.split(","))
+    tails = tuple(args.tails.split(","))
+    if not set(dims) <= {1, 2, 3} or not set(tails) <= set(TAILS):
+        raise FusionInputError(f"--dims takes 1,2,3 and --tails takes {','.join(TAILS)}")
+    if args.engine == "mnn":
+        from fusion.engines.mnn import MNNEngine
+
+        engine = MNNEngine(timeout=args.timeout)
+    else:
+        from fusion.engines.onnxruntime_engine import OnnxRuntimeEngine
+
+        engine = OnnxRuntimeEngine(timeout=args.timeout)
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task(f"judging against {engine.version()}", total=args.budget)
+        report = sweep.run(args.out, engine, budget=args.budget, seed=args.seed, dims=dims, tails=tails,
+                           workers=args.workers, dask_address=args.dask,
+                           progress=lambda done, total: progress.update(task, completed=done))
+    console.print(f"{report['judged']} judged: {report['passed']} passed, {report['failed']} failed in "
+                  f"{len(report['groups'])} group(s); report: {args.out}/report.md")
+    for group in report["groups"]:
+        console.print(f"- group {group['group']} ({group['count']}): {'; '.join(group['explanations'])[:200]}\n"
+                      f"  matters: {', '.join(group['attributes_that_matter'])}\n  re-check: {group['command']}")
+    return 0 if report["failed"] == 0 else 1
+
+
 def _bench(args, console: Console) -> int:
     from rich.markdown import Markdown
 
@@ -138,6 +180,8 @@ def main(argv=None) -> int:
             return _fuse(args, console)
         if args.command == "bench":
             return _bench(args, console)
+        if args.command == "sweep":
+            return _sweep(args, console)
     except FusionInputError as error:
         print(f"fusion: error: {error}", file=sys.stderr)
         return 2

@@ -31,9 +31,13 @@ def random_feeds(shapes: dict[str, tuple[int, ...]], seed: int) -> dict[str, np.
     return {name: rng.standard_normal(shape).astype(np.float32) for name, shape in shapes.items()}
 
 
-def session(model: onnx.ModelProto, *, optimized: bool = False, threads: int = 1) -> ort.InferenceSession:
-    """A CPU session; ``optimized=False`` turns every graph optimization off (onnxruntime would fuse BN itself)."""
+def session(model: onnx.ModelProto, *, optimized: bool = False, threads: int = 1,
+            spinning: bool = True) -> ort.InferenceSession:
+    """A CPU session; ``optimized=False`` turns every graph optimization off (onnxruntime would fuse BN itself).
+    ``spinning=False`` stops idle pool threads from spinning (for timing next to other engines)."""
     options = ort.SessionOptions()
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimized
                                         else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     options.intra_op_num_threads = threads

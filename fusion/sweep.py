@@ -1,0 +1,296 @@
+"""``fusion sweep``: a differential campaign that finds converter bugs before users do.
+
+Configurations are drawn deterministically from ``(seed, index)``, built as one-site ONNX models and judged by
+``fusion.check`` (outputs and fused parameters). Failures are grouped by what went wrong (their explanations,
+numbers stripped) and by op, rank and tail; one failure of each group is shrunk greedily to a minimal configuration
+that still fails the same way, and written as a reproducer ``.onnx`` with the command that re-checks it.
+Every judged configuration is appended to ``judged.jsonl``, so a re-run with the same seed and folder resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, replace
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnx
+
+from fusion.errors import FusionInputError
+from fusion.files import write_atomic
+from fusion.graph.build import SiteSpec, build
+
+TAILS = ("none", "bn", "scale", "mul", "add")
+
+
+def random_spec(seed: int, index: int, *, dims=(1, 2, 3), tails=TAILS) -> SiteSpec:
+    """Configuration ``index`` of campaign ``seed``: the same arguments always give the same configuration."""
+    rng = np.random.default_rng([seed, index])
+    while True:
+        op = "ConvTranspose" if rng.random() < 0.8 else "Conv"
+        rank = int(rng.choice(dims))
+        shape_kind = rng.choice(["plain", "grouped", "depthwise"], p=[0.3, 0.45, 0.25])
+        group = 1 if shape_kind == "plain" else int(rng.integers(2, 9 if shape_kind == "depthwise" else 5))
+        c_in_g = 1 if shape_kind == "depthwise" else int(rng.integers(1, 6))
+        c_out_g = 1 if shape_kind == "depthwise" else int(rng.integers(1, 5))
+        spatial = tuple(int(rng.integers(*{1: (3, 13), 2: (2, 9), 3: (2, 6)}[rank])) for _ in range(rank))
+        kernel = tuple(int(rng.integers(1, 5)) for _ in range(rank))
+        strides = [int(rng.integers(1, 4)) for _ in range(rank)]
+        dilations = [int(rng.integers(1, 3)) for _ in range(rank)]
+        attributes = {"strides": strides, "dilations": dilations}
+        mode = rng.choice(["pads", "auto_pad", "output_shape"] if op == "ConvTranspose" else ["pads", "auto_pad"],
+                          p=[0.6, 0.25, 0.15] if op == "ConvTranspose" else [0.75, 0.25])
+        if mode == "pads":
+            attributes["pads"] = [int(rng.integers(0, 3)) for _ in range(2 * rank)]
+        elif mode == "auto_pad":
+            attributes["auto_pad"] = str(rng.choice(["SAME_UPPER", "SAME_LOWER", "VALID"]))
+        if op == "ConvTranspose":
+            if rng.random() < 0.3:
+                attributes["output_padding"] = [int(rng.integers(0, max(s, d))) for s, d in zip(strides, dilations)]
+            if mode == "output_shape":
+                full = [s * (i - 1) + (k - 1) * d + 1 for s, i, k, d in zip(strides, spatial, kernel, dilations)]
+                attributes["output_shape"] = [max(1, f - int(rng.integers(0, 3))) for f in full]
+        tail = str(rng.choice(tails))
+        spec = SiteSpec(op, (int(rng.integers(1, 3)), c_in_g * group) + spatial, c_out_g * group, group, kernel,
+                        attributes, bool(rng.random() < 0.7), tail, int(rng.integers(0, 2**31)),
+                        f"sweep_{seed}_{index}",
+                        bn_epsilon=float(rng.choice([1e-5, 1e-3])) if rng.random() < 0.85 else None)
+        try:
+            spec.geometry()
+        except FusionInputError:
+            continue
+        return spec
+
+
+def signature(explanations: list[str]) -> tuple[str, ...]:
+    """What went wrong, without the numbers and names that differ from case to case."""
+    keys = set()
+    for text in explanations:
+        text = re.sub(r"crashed \(SIG\w+\)", "crashed", text)  # the same defect aborts or segfaults run to run
+        text = re.sub(r"\[[^\]]*\]( \(\d+ of them\))?", "[...]", text)
+        text = re.sub(r"'[^']*'", "'...'", text)
+        text = re.sub(r"[-+]?\d+(\.\d+)?(e[-+]?\d+)?", "#", text)
+        keys.add(text.split(";")[0].split(" | ")[0].strip())
+    return tuple(sorted(keys))
+
+
+@dataclass
+class Outcome:
+    index: int
+    spec: dict
+    status: str
+    signature: list[str]
+    explanations: list[str]
+    notes: list[str]
+    seconds: float
+
+
+def judge(spec: SiteSpec, engine, index: int = -1) -> Outcome:
+    """Judge one configuration with ``fusion.check``'s machinery."""
+    from fusion.check import check
+
+    started = time.perf_counter()
+    report = check(None, engine, model=build(spec), name=spec.name)
+    site = report.sites[0]
+    return Outcome(index, spec.to_dict(), site.status, list(signature(site.explanations)), site.explanations,
+                   site.notes, time.perf_counter() - started)
+
+
+def _simpler(spec: SiteSpec):
+    """Candidate simplifications of ``spec``, most drastic first."""
+    rank = len(spec.kernel_shape)
+    c_in_g, c_out_g = spec.input_shape[1] // spec.group, spec.c_out // spec.group
+    attributes = spec.attributes
+
+    def with_attributes(**changes):
+        updated = {k: v for k, v in {**attributes, **changes}.items() if v is not None}
+        return replace(spec, attributes=updated)
+
+    yield replace(spec, input_shape=(1,) + spec.input_shape[1:])
+    for group in sorted({g for g in (1, 2) if g < spec.group}):
+        yield replace(spec, group=group, input_shape=(spec.input_shape[0], c_in_g * group) + spec.input_shape[2:],
+                      c_out=c_out_g * group)
+    if c_in_g > 1:
+        yield replace(spec, input_shape=(spec.input_shape[0], spec.group) + spec.input_shape[2:])
+        yield replace(spec, input_shape=(spec.input_shape[0], 2 * spec.group) + spec.input_shape[2:])
+    if c_out_g > 1:
+        yield replace(spec, c_out=spec.group)
+    for axis in range(rank):
+        for smaller in (1, 2, spec.input_shape[2 + axis] // 2):
+            if 0 < smaller < spec.input_shape[2 + axis]:
+                shape = list(spec.input_shape)
+                shape[2 + axis] = smaller
+                yield replace(spec, input_shape=tuple(shape))
+        if spec.kernel_shape[axis] > 1:
+            kernel = list(spec.kernel_shape)
+            kernel[axis] = 1
+            yield replace(spec, kernel_shape=tuple(kernel))
+    for name in ("output_shape", "output_padding", "auto_pad", "pads"):
+        if name in attributes:
+            yield with_attributes(**{name: None})
+    for name in ("strides", "dilations"):
+        if any(v != 1 for v in attributes.get(name, [])):
+            yield with_attributes(**{name: [1] * rank})
+    if spec.bias:
+        yield replace(spec, bias=False)
+
+
+def shrink(spec: SiteSpec, wanted: tuple[str, ...], engine, *, budget: int = 40) -> tuple[SiteSpec, int]:
+    """Greedily simplify ``spec`` while it still fails with signature ``wanted``; returns it and the judgements spent."""
+    spent = 0
+    improved = True
+    while improved and spent < budget:
+        improved = False
+        for candidate in _simpler(spec):
+            if candidate == spec:
+                continue
+            try:
+                candidate.geometry()
+            except FusionInputError:
+                continue
+            if spent >= budget:
+                break
+            spent += 1
+            outcome = judge(candidate, engine)
+            if outcome.status == "fail" and tuple(outcome.signature) == wanted:
+                spec, improved = candidate, True
+                break
+    return spec, spent
+
+
+def essentials(spec: SiteSpec) -> list[str]:
+    """The attributes of a (minimal) configuration that are not at their defaults: the ones that matter."""
+    c_in_g, c_out_g = spec.input_shape[1] // spec.group, spec.c_out // spec.group
+    found = [f"{spec.op} {len(spec.kernel_shape)}-D", f"tail {spec.tail}"]
+    if spec.group > 1:
+        found.append("depthwise" if c_in_g == 1 and c_out_g == 1 else f"group {spec.group}")
+    if c_in_g > 1 and spec.group > 1:
+        found.append("C_in/group > 1")
+    if c_out_g > 1:
+        found.append("C_out/group > 1")
+    for name, value in spec.attributes.items():
+        if name in ("strides", "dilations") and all(v == 1 for v in value):
+            continue
+        if name in ("pads", "output_padding") and not any(value):
+            continue
+        found.append(f"{name}={value}")
+    if spec.tail == "bn" and spec.bn_epsilon is None:
+        found.append("BN epsilon attribute absent")
+    found.append("bias" if spec.bias else "no bias")
+    return found
+
+
+def _group_key(outcome: Outcome) -> str:
+    spec = outcome.spec
+    return json.dumps([outcome.signature, spec["op"], len(spec["kernel_shape"]), spec["tail"]])
+
+
+def run(out: str | Path, engine, *, budget: int = 200, seed: int = 0, dims=(1, 2, 3), tails=TAILS, workers: int = 2,
+        dask_address: str | None = None, dask_client=None, shrink_budget: int = 40,
+        progress: Callable[[int, int], None] | None = None) -> dict:
+    """Run (or resume) a campaign of ``budget`` configurations; writes ``out`` and returns the report."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    journal = out / "judged.jsonl"
+    done: dict[int, Outcome] = {}
+    if journal.exists():
+        for line in journal.read_text().splitlines():
+            record = json.loads(line)
+            if record.get("seed") == seed and record.get("engine") == engine.version():
+                done[record["index"]] = Outcome(**record["outcome"])
+    todo = [i for i in range(budget) if i not in done]
+    specs = {i: random_spec(seed, i, dims=dims, tails=tails) for i in todo}
+    with open(journal, "a", encoding="utf-8") as log:
+        def record(outcome: Outcome):
+            done[outcome.index] = outcome
+            log.write(json.dumps({"seed": seed, "engine": engine.version(), "index": outcome.index,
+                                  "outcome": asdict(outcome)}) + "\n")
+            log.flush()
+            if progress:
+                progress(len(done), budget)
+
+        for outcome in _judge_all(specs, engine, workers, dask_address, dask_client):
+            record(outcome)
+    return _report(out, engine, seed, budget, [done[i] for i in range(budget) if i in done], shrink_budget)
+
+
+def _judge_all(specs: dict, engine, workers: int, dask_address, dask_client):
+    if dask_address or dask_client:
+        from distributed import Client, as_completed as dask_completed
+
+        client = dask_client or Client(dask_address)
+        try:
+            futures = [client.submit(judge, spec, engine, index, pure=False) for index, spec in specs.items()]
+            for future in dask_completed(futures):
+                yield future.result()
+        finally:
+            if dask_client is None:
+                client.close()
+        return
+    if workers <= 1:
+        for index, spec in specs.items():
+            yield judge(spec, engine, index)
+        return
+    # spawn, not fork: a forked child would inherit an initialised OpenMP runtime, which is not fork-safe
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+        futures = [pool.submit(judge, spec, engine, index) for index, spec in specs.items()]
+        for future in as_completed(futures):
+            yield future.result()
+
+
+def _report(out: Path, engine, seed: int, budget: int, outcomes: list[Outcome], shrink_budget: int) -> dict:
+    groups: dict[str, list[Outcome]] = {}
+    for outcome in outcomes:
+        if outcome.status == "fail":
+            groups.setdefault(_group_key(outcome), []).append(outcome)
+    repro = out / "repro"
+    repro.mkdir(exist_ok=True)
+    shrunk_cache = out / "shrunk.json"
+    cache = json.loads(shrunk_cache.read_text()) if shrunk_cache.exists() else {}
+    entries = []
+    for number, (key, members) in enumerate(sorted(groups.items(), key=lambda item: -len(item[1]))):
+        first = members[0]
+        cache_key = f"{seed}:{engine.version()}:{key}"
+        if cache_key not in cache:
+            minimal, spent = shrink(SiteSpec.from_dict(first.spec), tuple(first.signature), engine,
+                                    budget=shrink_budget)
+            cache[cache_key] = {"spec": minimal.to_dict(), "spent": spent}
+            write_atomic(shrunk_cache, json.dumps(cache, indent=1))
+        minimal = SiteSpec.from_dict(cache[cache_key]["spec"])
+        minimal = replace(minimal, name=f"group_{number:02d}")
+        path = repro / f"group_{number:02d}.onnx"
+        write_atomic(path, build(minimal).SerializeToString())
+        entries.append({
+            "group": number, "count": len(members), "signature": first.signature,
+            "explanations": first.explanations, "notes": first.notes,
+            "op": first.spec["op"], "rank": len(first.spec["kernel_shape"]), "tail": first.spec["tail"],
+            "attributes_that_matter": essentials(minimal), "minimal": minimal.to_dict(),
+            "shrink_judgements": cache[cache_key]["spent"], "reproducer": str(path),
+            "command": f"fusion check {path}", "indices": [m.index for m in members][:50],
+        })
+    report = {"engine": engine.version(), "seed": seed, "budget": budget, "judged": len(outcomes),
+              "passed": sum(o.status == "pass" for o in outcomes), "failed": sum(o.status == "fail" for o in outcomes),
+              "judge_seconds": sum(o.seconds for o in outcomes), "groups": entries}
+    write_atomic(out / "report.json", json.dumps(report, indent=2) + "\n")
+    write_atomic(out / "report.md", markdown(report))
+    return report
+
+
+def markdown(report: dict) -> str:
+    lines = [f"# fusion sweep against {report['engine']}", "",
+             f"Seed {report['seed']}: {report['judged']} configurations judged, {report['passed']} passed, "
+             f"{report['failed']} failed, in {len(report['groups'])} groups.", ""]
+    for group in report["groups"]:
+        lines += [f"## Group {group['group']}: {group['count']} configuration(s): {group['op']} "
+                  f"{group['rank']}-D + tail {group['tail']}", "",
+                  "What went wrong:", *[f"- {e}" for e in group["explanations"]], "",
+                  f"Attributes that matter (minimal configuration after {group['shrink_judgements']} shrink "
+                  f"judgements): {', '.join(group['attributes_that_matter'])}", "",
+                  f"Reproducer: `{group['reproducer']}`; re-check with `{group['command']}`", ""]
+    return "\n".join(lines)
