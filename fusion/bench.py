@@ -32,6 +32,7 @@ from fusion.engines.onnxruntime import session
 from fusion.files import write_atomic
 from fusion.graph.build import SiteSpec, build
 from fusion.graph.fuse import fuse_model
+from fusion.graph.sites import find_sites
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,13 @@ class Shape:
             attributes["output_padding"] = [self.output_padding] * self.rank
         return SiteSpec("ConvTranspose", (1, self.c_in) + spatial, self.c_out, self.group, (self.kernel,) * self.rank,
                         attributes, True, "bn", 1, self.name)
+
+    def mirrored(self, spec: SiteSpec) -> SiteSpec:
+        """The Conv that is this ConvTranspose's adjoint: C_out -> C_in on the transposed conv's output grid."""
+        geometry = spec.geometry()
+        attributes = {"strides": [self.stride] * self.rank, "pads": [self.pad] * (2 * self.rank)}
+        return SiteSpec("Conv", (1, self.c_out) + geometry.output_shape, self.c_in, self.group,
+                        (self.kernel,) * self.rank, attributes, True, "none", 2, self.name + " (Conv mirrored)")
 
     def flops(self, spec: SiteSpec) -> float:
         """2 * N * C_in * (C_out/group) * taps * input positions: one multiply and one add per product."""
@@ -243,8 +251,6 @@ def _timed(function):
 
 
 def _paths(shape: Shape, spec: SiteSpec, model: onnx.ModelProto, threads: int, engines, mnn, scratch: Path) -> dict:
-    from fusion.graph.sites import find_sites
-
     (site,) = find_sites(model)
     rng = np.random.default_rng(0)
     x = rng.standard_normal(spec.input_shape).astype(np.float32)
@@ -268,18 +274,30 @@ def _paths(shape: Shape, spec: SiteSpec, model: onnx.ModelProto, threads: int, e
                                         ("own fusion", model, True)):
             s = session(graph, optimized=optimized, threads=threads, spinning=False)
             paths[("onnxruntime", label)] = _timed(lambda s=s: s.run(None, {"x": x}))
+    # the mirrored Conv: same multiply-adds, gathered instead of scattered
+    mirror = shape.mirrored(spec)
+    conv_model = build(mirror)
+    (conv_site,) = find_sites(conv_model)
+    x_conv = rng.standard_normal(mirror.input_shape).astype(np.float32)
+    if "fusion" in engines:
+        paths[("fusion", "Conv mirrored")] = _timed(
+            lambda: ops.conv(x_conv, conv_site.w, conv_site.b, **conv_site.attributes))
+    if "onnxruntime" in engines:
+        s_conv = session(conv_model, optimized=False, threads=threads, spinning=False)
+        paths[("onnxruntime", "Conv mirrored")] = _timed(lambda: s_conv.run(None, {"x": x_conv}))
     if "mnn" in engines:
         # MNN's unfused path: BN spelled as Mul + Add, which MNN 3.6.1 keeps as separate ops (its --forTraining
         # conversion, which keeps BatchNorm, crashes at run time)
         stem = f"{abs(hash((shape.name, threads)))}"
         for label, graph, extra in (("unfused", _bn_as_mul_add(model, affine), []), ("folded", fused, []),
-                                    ("own fusion", model, [])):
+                                    ("own fusion", model, []), ("Conv mirrored", conv_model, [])):
             onnx_path, mnn_path = scratch / f"{stem}-{label}.onnx", scratch / f"{stem}-{label.replace(' ', '_')}.mnn"
             onnx.save(graph, onnx_path)
             failure = _mnn_convert(onnx_path, mnn_path, extra)
             key = f"{stem}-{label.replace(' ', '_')}"
+            dims = mirror.input_shape if label == "Conv mirrored" else spec.input_shape
             if failure is None:
-                answer = mnn.ask(f"load {key} {mnn_path} x y {','.join(map(str, spec.input_shape))} {threads} 0")
+                answer = mnn.ask(f"load {key} {mnn_path} x y {','.join(map(str, dims))} {threads} 0")
                 failure = None if answer == "ok" else answer
             paths[("mnn", label)] = _mnn_call(mnn, key, failure)
     return paths
@@ -366,6 +384,10 @@ def ratios(document: dict) -> list[dict]:
                  if (e, p) in paths and "median" in paths[(e, p)]]
         if ours and peers:
             row["fusion conv_transpose / fastest peer folded"] = ours / min(peers)
+        conv = paths.get(("fusion", "Conv mirrored"), {}).get("median")
+        conv_peer = paths.get(("onnxruntime", "Conv mirrored"), {}).get("median")
+        if conv and conv_peer:
+            row["fusion Conv / onnxruntime Conv (mirrored)"] = conv / conv_peer
         folded = paths.get(("fusion", "folded"), {}).get("median")
         epilogue = paths.get(("fusion", "epilogue"), {}).get("median")
         if ours and folded:

@@ -59,15 +59,37 @@ class MnnGraph:
         """True when the model computes nothing: no op besides its inputs and constants."""
         return all(op.get("type") in ("Input", "Const") for op in self.ops)
 
-    def conv_ops(self, conv_output: str) -> list[tuple[int, int, dict]]:
-        """``(depth, group, op)`` for every conv-type op computing the ONNX conv whose output is ``conv_output``."""
-        pattern = re.compile(re.escape(conv_output) + r"(?:__(\d+))?(?:__group__(\d+))?$")
-        found = []
-        for op in self.ops:
-            match = pattern.match(op.get("name", ""))
-            if match and op.get("type") in CONV_TYPES:
-                found.append((int(match.group(1) or -1), int(match.group(2) or -1), op))
-        return sorted(found, key=lambda item: (item[0], item[1]))
+    def conv_ops(self, *names: str) -> list[tuple[int, int, dict]]:
+        """``(depth, group, op)`` for every conv-type op computing the ONNX conv, found under the first of ``names``
+        that has any: the conv's output tensor, or the output of a tail node the converter merged into it (MNN
+        folds a per-channel Add into the bias and names the op after the Add)."""
+        for name in names:
+            pattern = re.compile(re.escape(name) + r"(?:__(\d+))?(?:__group__(\d+))?$")
+            found = []
+            for op in self.ops:
+                match = pattern.match(op.get("name", ""))
+                if match and op.get("type") in CONV_TYPES:
+                    found.append((int(match.group(1) or -1), int(match.group(2) or -1), op))
+            if found:
+                return sorted(found, key=lambda item: (item[0], item[1]))
+        return []
+
+    def _weight_input(self, op: dict) -> np.ndarray | None:  # exact only when the Const is stored externally
+        """The whole ONNX-layout weight when the converter kept it as a Const input (sliced per group) instead of
+        inside the op, as MNN does for a ConvTranspose with ``output_shape``."""
+        inputs = op.get("inputIndexes") or []
+        if len(inputs) < 2:
+            return None
+        source = self.producer.get(inputs[1])
+        if source is not None and source.get("type") == "Slice":
+            source = self.producer.get((source.get("inputIndexes") or [-1])[0])
+        if source is None or source.get("type") != "Const":
+            return None
+        main = source["main"]
+        external = self._external(main)
+        values = external[0] if external else np.asarray(main.get("float32s") or [], np.float32)
+        dims = [int(d) for d in main.get("dims") or []]
+        return values.reshape(dims) if values.size and values.size == int(np.prod(dims)) else None
 
     def const_vector(self, tensor: int, channels: int) -> np.ndarray | None:
         op = self.producer.get(tensor)
@@ -125,11 +147,12 @@ class MnnGraph:
 
     def site_params(self, site, engine: str = "MNN") -> EngineParams:
         """Reassemble the site's conv parameters into the ONNX layout of ``site.op`` and list kept tail ops."""
-        entries = self.conv_ops(site.conv_output)
+        names = [site.conv_output] + [out for node in site.tail_nodes for out in node.output]
+        entries = self.conv_ops(*names)
         if not entries:
             detail = ("the converted model is empty: the converter dropped every op yet reported success"
-                      if self.is_empty else f"no conv op named {site.conv_output!r} (or its __group__ parts) "
-                      "in the converted model")
+                      if self.is_empty else f"no conv op named after {' or '.join(repr(n) for n in names)} "
+                      "(or their __group__ parts) in the converted model")
             raise EngineFailure(engine, "reading fused parameters", "missing", detail)
         transposed = site.transposed
         notes = []
@@ -138,10 +161,17 @@ class MnnGraph:
                          "supported")
         by_depth: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
         resolution = 0.0
+        first = entries[0][2]["main"]
+        whole = None if first.get("weight") or first.get("external") else self._weight_input(entries[0][2])
         for depth, _, op in entries:
             shape = _op_weight_shape(op, transposed)
             weight, bias, exact = self._op_arrays(op)
             resolution = max(resolution, 0.0 if exact else TEXT_RESOLUTION)
+            if whole is not None:
+                weight = np.zeros(int(np.prod(shape)), np.float32)  # placeholder: the whole weight is used below
+            if weight.size == 0:
+                raise EngineFailure(engine, "reading fused parameters", "missing",
+                                    f"op {op['name']} holds no weights: the converter lost them")
             if weight.size != int(np.prod(shape)):
                 raise EngineFailure(engine, "reading fused parameters", "missing",
                                     f"op {op['name']} holds {weight.size} weights, its attributes say {shape}")
@@ -155,6 +185,9 @@ class MnnGraph:
                          "outside them and is judged through the output only")
         else:
             w, b = parts[0]
+        if whole is not None:
+            w = whole
+            notes.append(f"{engine} kept the weight as a separate constant input to the conv op")
         if w.size != site.w.size:
             raise EngineFailure(engine, "reading fused parameters", "missing",
                                 f"fused weight has {w.size} elements, the ONNX weight {site.w.size}")
@@ -200,7 +233,7 @@ class MnnGraph:
     def set_site_params(self, site, w: np.ndarray | None = None, b: np.ndarray | None = None) -> None:
         """Write ``w`` (ONNX layout of ``site.op``) and/or ``b`` into the site's ops, split as the converter split
         them. Used to reproduce defects (e.g. the legacy per-group fold) in a real converted model."""
-        entries = self.conv_ops(site.conv_output)
+        entries = self.conv_ops(site.conv_output, *[out for node in site.tail_nodes for out in node.output])
         if not entries or any(depth >= 0 for depth, _, _ in entries):
             raise ValueError(f"cannot rewrite site {site.conv_output!r}: no plain or per-group conv ops")
         parts = len(entries)

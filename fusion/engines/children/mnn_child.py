@@ -33,9 +33,15 @@ def run(model, feeds_path, out_path, output, threads):
         return 4
     inputs = [MNN.expr.const(np.ascontiguousarray(feeds[n], np.float32), list(feeds[n].shape), MNN.expr.NCHW)
               for n in names]
-    result = module.forward(inputs)
-    result = result[0] if isinstance(result, (list, tuple)) else result
-    array = np.array(MNN.expr.convert(result, MNN.expr.NCHW).read(), dtype=np.float32)
+    try:
+        result = module.forward(inputs)
+        result = result[0] if isinstance(result, (list, tuple)) and result else result
+        if isinstance(result, (list, tuple)):
+            raise RuntimeError("forward returned no output")
+        array = np.array(MNN.expr.convert(result, MNN.expr.NCHW).read(), dtype=np.float32)
+    except Exception as exc:  # MNN signals a failed resize or compute this way
+        print(f"MNN produced no output ({type(exc).__name__}: {exc})".replace("\n", " "), file=sys.stderr)
+        return 5
     temporary = out_path + ".part"
     with open(temporary, "wb") as handle:
         np.save(handle, array)

@@ -1,0 +1,41 @@
+"""Cold start: a fresh process imports fusion and makes its first ConvTranspose call.
+
+    python benchmarks/cold_start.py
+
+Runs the same child twice with a new, empty NUMBA_CACHE_DIR (the first-ever call compiles the kernels and fills the
+cache), then three more times with the cache warm. Reports seconds from process start to the first result.
+"""
+
+import os
+import subprocess
+import sys
+import tempfile
+
+CHILD = """
+import time
+start = time.perf_counter()
+import numpy as np
+import fusion
+x = np.ones((1, 8, 8, 8), np.float32)
+fusion.conv_transpose(x, np.ones((8, 2, 3, 3), np.float32), group=4, strides=[2, 2])   # GEMM path
+fusion.conv_transpose(x, np.ones((8, 1, 3, 3), np.float32), group=8, strides=[2, 2])   # direct path
+fusion.batch_norm(x, np.ones(8), np.zeros(8), np.zeros(8), np.ones(8))
+print(time.perf_counter() - start)
+"""
+
+
+def main() -> int:
+    with tempfile.TemporaryDirectory(prefix="fusion-numba-cache-") as cache:
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache)
+        times = []
+        for _ in range(4):
+            out = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, check=True)
+            times.append(float(out.stdout.strip().splitlines()[-1]))
+    print(f"first-ever call (compiles, fills the cache): {times[0]:.2f} s")
+    print(f"warm cache, import + first calls: median {sorted(times[1:])[1]:.2f} s "
+          f"(min {min(times[1:]):.2f}, max {max(times[1:]):.2f})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
