@@ -12,8 +12,8 @@ from fusion import attrs
 from fusion.affine import ChannelAffine, batch_norm_affine, scale_affine
 from fusion.errors import FusionInputError
 from fusion.kernels.affine import channel_affine_3d
-from fusion.kernels.col2im import col2im_3d, col2im_affine_3d, im2col_3d
-from fusion.kernels.conv import conv_3d, conv_transpose_3d, conv_transpose_affine_3d
+from fusion.kernels.col2im import col2im_3d, im2col_3d
+from fusion.kernels.conv import conv_3d, conv_transpose_3d
 
 DTYPES = (np.float32, np.float64)
 # Below this many input channels per group a GEMM degenerates (depthwise: outer products) and the direct
@@ -61,6 +61,14 @@ def _run_conv(kernel, x, w, b, geo: attrs.ConvGeometry, *extra) -> np.ndarray:
     return y
 
 
+def _epilogue(affine: ChannelAffine | None, channels: int) -> tuple:
+    """Kernel arguments ``(apply_affine, mul, sub, add)``; placeholders when there is no affine map."""
+    if affine is None:
+        unused = np.zeros(channels)
+        return False, unused, unused, unused
+    return True, affine.mul, affine.sub, affine.add
+
+
 def _lifted_shape(values: tuple[int, ...]) -> tuple[int, ...]:
     return (1,) * (3 - len(values)) + tuple(values)
 
@@ -74,11 +82,8 @@ def _conv_transpose_gemm(x, w, b, geo: attrs.ConvGeometry, affine: ChannelAffine
     cols = np.matmul(w_t[None], x.reshape(geo.batch, group, c_in_g, positions))
     cols = cols.reshape((geo.batch, geo.c_out) + _lifted_shape(geo.kernel_shape) + _lifted_shape(geo.input_shape))
     y = np.empty((geo.batch, geo.c_out) + geo.output_shape, dtype=x.dtype)
-    geometry = (_lift_ints(geo.strides, 1), _lift_ints(geo.dilations, 1), _lift_ints(geo.pads_begin, 0))
-    if affine is None:
-        col2im_3d(cols, b, *geometry, _lift(y))
-    else:
-        col2im_affine_3d(cols, b, *geometry, affine.mul, affine.sub, affine.add, _lift(y))
+    col2im_3d(cols, b, _lift_ints(geo.strides, 1), _lift_ints(geo.dilations, 1), _lift_ints(geo.pads_begin, 0),
+              *_epilogue(affine, geo.c_out), _lift(y))
     return y
 
 
@@ -124,7 +129,7 @@ def conv_transpose(x, w, b=None, *, group=1, strides=None, pads=None, dilations=
     b = _bias(b, geo.c_out, x.dtype, "conv_transpose")
     if geo.c_in // geo.group >= GEMM_MIN_CHANNELS:
         return _conv_transpose_gemm(x, w, b, geo)
-    return _run_conv(conv_transpose_3d, x, w, b, geo)
+    return _run_conv(conv_transpose_3d, x, w, b, geo, *_epilogue(None, geo.c_out))
 
 
 def conv(x, w, b=None, *, group=1, strides=None, pads=None, dilations=None, auto_pad="NOTSET",
@@ -197,4 +202,4 @@ def conv_transpose_channel_affine(x, w, b, affine: ChannelAffine, *, group=1, st
     b = _bias(b, geo.c_out, x.dtype, "conv_transpose")
     if geo.c_in // geo.group >= GEMM_MIN_CHANNELS:
         return _conv_transpose_gemm(x, w, b, geo, affine)
-    return _run_conv(conv_transpose_affine_3d, x, w, b, geo, affine.mul, affine.sub, affine.add)
+    return _run_conv(conv_transpose_3d, x, w, b, geo, *_epilogue(affine, geo.c_out))

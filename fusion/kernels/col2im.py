@@ -9,7 +9,7 @@ Conv as GEMM: ``im2col`` gathers ``cols[n, ci, tap, o] = x[n, ci, o*stride + tap
 from numba import njit, prange
 
 from fusion.kernels.config import PARALLEL, SERIAL
-from fusion.kernels.conv import valid_range
+from fusion.kernels.conv import finish_plane, valid_range
 
 
 @njit(**SERIAL)
@@ -40,28 +40,17 @@ def col2im_plane(cols, n, oc, strides, dilations, pads_begin, out):
 
 
 @njit(**PARALLEL)
-def col2im_3d(cols, b, strides, dilations, pads_begin, y):
-    """``y[n, oc] = b[oc] + col2im(cols[n, oc])``; cols: (n, c_out, kd, kh, kw, d, h, w)."""
+def col2im_3d(cols, b, strides, dilations, pads_begin, apply_affine, mul, sub, add, y):
+    """``y[n, oc] = b[oc] + col2im(cols[n, oc])``, then, if ``apply_affine``, ``(y - sub[oc]) * mul[oc] + add[oc]``
+    as each plane is finished. cols: (n, c_out, kd, kh, kw, d, h, w)."""
     n_batch, c_out = y.shape[0], y.shape[1]
     for task in prange(n_batch * c_out):
         n, oc = task // c_out, task % c_out
         out = y[n, oc]
         out[...] = b[oc]
         col2im_plane(cols, n, oc, strides, dilations, pads_begin, out)
-
-
-@njit(**PARALLEL)
-def col2im_affine_3d(cols, b, strides, dilations, pads_begin, mul, sub, add, y):
-    """``y[n, oc] = (b[oc] + col2im(cols[n, oc]) - sub[oc]) * mul[oc] + add[oc]``, the map applied per finished plane."""
-    n_batch, c_out = y.shape[0], y.shape[1]
-    for task in prange(n_batch * c_out):
-        n, oc = task // c_out, task % c_out
-        out = y[n, oc]
-        out[...] = b[oc]
-        col2im_plane(cols, n, oc, strides, dilations, pads_begin, out)
-        flat = out.reshape(-1)
-        for k in range(flat.shape[0]):
-            flat[k] = (flat[k] - sub[oc]) * mul[oc] + add[oc]
+        if apply_affine:
+            finish_plane(out, mul[oc], sub[oc], add[oc])
 
 
 @njit(**PARALLEL)

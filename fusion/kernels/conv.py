@@ -91,29 +91,26 @@ def conv_plane(x, w, n, oc, group, strides, dilations, pads_begin, out):
                                 row_out[o_w] += tap * row_in[o_w * sw + off_w]
 
 
+@njit(**SERIAL)
+def finish_plane(out, mul, sub, add):
+    """The per-channel affine epilogue on one finished output plane: ``out = (out - sub) * mul + add``."""
+    flat = out.reshape(-1)
+    for k in range(flat.shape[0]):
+        flat[k] = (flat[k] - sub) * mul + add
+
+
 @njit(**PARALLEL)
-def conv_transpose_3d(x, w, b, group, strides, dilations, pads_begin, y):
-    """``y = ConvTranspose(x, w) + b``; ``y`` is allocated by the caller with the resolved output shape."""
+def conv_transpose_3d(x, w, b, group, strides, dilations, pads_begin, apply_affine, mul, sub, add, y):
+    """``y = ConvTranspose(x, w) + b``, then, if ``apply_affine``, the per-channel map as each plane is finished;
+    ``y`` is allocated by the caller with the resolved output shape."""
     n_batch, c_out = y.shape[0], y.shape[1]
     for task in prange(n_batch * c_out):
         n, oc = task // c_out, task % c_out
         out = y[n, oc]
         out[...] = b[oc]
         conv_transpose_plane(x, w, n, oc, group, strides, dilations, pads_begin, out)
-
-
-@njit(**PARALLEL)
-def conv_transpose_affine_3d(x, w, b, group, strides, dilations, pads_begin, mul, sub, add, y):
-    """``y = (ConvTranspose(x, w) + b - sub) * mul + add`` per channel, applied as each plane is finished."""
-    n_batch, c_out = y.shape[0], y.shape[1]
-    for task in prange(n_batch * c_out):
-        n, oc = task // c_out, task % c_out
-        out = y[n, oc]
-        out[...] = b[oc]
-        conv_transpose_plane(x, w, n, oc, group, strides, dilations, pads_begin, out)
-        flat = out.reshape(-1)
-        for k in range(flat.shape[0]):
-            flat[k] = (flat[k] - sub[oc]) * mul[oc] + add[oc]
+        if apply_affine:
+            finish_plane(out, mul[oc], sub[oc], add[oc])
 
 
 @njit(**PARALLEL)
