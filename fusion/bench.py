@@ -10,6 +10,7 @@ chains to fill both FMA pipes of a core) runs on each thread; peak = its FLOP/s.
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import platform
 import signal
@@ -357,7 +358,7 @@ def environment() -> dict:
         cpu = platform.processor()
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__,
             "numba": numba.__version__, "numba_threading_layer": _threading_layer(), "onnxruntime": onnxruntime.__version__, "mnn": MNN.version(),
-            "fusion": __import__("fusion").__version__}
+            "fusion": importlib.metadata.version("fusion")}
 
 
 def _threading_layer() -> str:
