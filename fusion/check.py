@@ -24,6 +24,7 @@ from fusion.compare import Comparison, compare
 from fusion.diagnose import matching, per_channel, scale_sources
 from fusion.engines.base import Engine, EngineFailure, EngineParams
 from fusion.engines.onnxruntime import activations, input_shapes, random_feeds
+from fusion.errors import FusionInputError
 from fusion.fold import fold_affine, output_channel_view
 from fusion.graph import build
 from fusion.graph.model import Graph, load
@@ -289,8 +290,6 @@ def check(model_path, engine: Engine, *, converted=None, seed: int = 0, workdir=
         workdir = Path(workdir or scratch)
         whole = None
         if converted is not None:
-            from fusion.errors import FusionInputError
-
             try:
                 whole = engine.load(Path(converted), workdir)
             except EngineFailure as failure:

@@ -39,15 +39,19 @@ class MNNEngine:
         self.timeout = timeout
         self.threads = threads
         self.convert_args = tuple(convert_args)
+        self._version: str | None = None
 
     def _converter(self) -> list[str]:
         return [self.converter] if self.converter else python_child("mnn_child.py") + ["mnnconvert"]
 
     def version(self) -> str:
-        text = run_step(python_child("mnn_child.py") + ["version"], engine=self.name, stage="starting",
-                        timeout=self.timeout)
-        version = next((line.split()[-1] for line in text.splitlines() if line.startswith("MNN_VERSION")), "?")
-        return f"MNN {version}" + (f" (converter {self.converter})" if self.converter else "")
+        """``MNN x.y.z`` of the installed runtime (asked once, in a child process)."""
+        if self._version is None:
+            text = run_step(python_child("mnn_child.py") + ["version"], engine=self.name, stage="starting",
+                            timeout=self.timeout)
+            version = next((line.split()[-1] for line in text.splitlines() if line.startswith("MNN_VERSION")), "?")
+            self._version = f"MNN {version}" + (f" (converter {self.converter})" if self.converter else "")
+        return self._version
 
     def convert(self, onnx_path: Path, mnn_path: Path, *, external: bool = False) -> None:
         """Convert; ``external=True`` stores conv weights as raw float32 beside the model (``.mnn.weight``)."""
