@@ -68,16 +68,48 @@ def random_spec(seed: int, index: int, *, dims=(1, 2, 3), tails=TAILS) -> SiteSp
         return spec
 
 
+CATEGORIES = (  # (phrase in an explanation, the cause it names); first match wins
+    ("crashed (", "crash while {stage}"),
+    (" hung while ", "hang while {stage}"),
+    ("converted model is empty", "empty converted model"),
+    ("holds no weights", "weights lost by the converter"),
+    ("shape differs", "wrong output shape"),
+    ("NaN/garbage", "NaN/Inf output"),
+    ("has no tensor", "site output missing from the converted model"),
+    ("failed while converting", "conversion failed"),
+    ("failed while running", "run failed"),
+    ("per-group misindexing", "{side}legacy per-group fold"),
+    ("folded with epsilon=0", "{side}BN epsilon dropped"),
+    ("bias missing", "{side}bias missing"),
+    ("conv bias dropped", "{side}conv bias dropped"),
+    ("not applied", "{side}tail not applied"),
+    ("weights not scaled", "{side}weights not scaled"),
+    ("bias not folded", "{side}bias not folded"),
+    ("fused weights wrong", "wrong fused weights"),
+    ("fused bias wrong", "wrong fused bias"),
+    ("wrong in channel", "{side}wrong values"),
+    ("off by a constant", "{side}wrong values"),
+    ("scaled by a wrong factor", "{side}wrong values"),
+)
+
+
 def signature(explanations: list[str]) -> tuple[str, ...]:
-    """What went wrong, without the numbers and names that differ from case to case."""
-    keys = set()
+    """The causes an explanation list names, as categories: what "fails the same way" means for grouping and
+    shrinking (the numbers, channels and names that differ from case to case are left out)."""
+    causes = set()
     for text in explanations:
-        text = re.sub(r"crashed \(SIG\w+\)", "crashed", text)  # the same defect aborts or segfaults run to run
-        text = re.sub(r"\[[^\]]*\]( \(\d+ of them\))?", "[...]", text)
-        text = re.sub(r"'[^']*'", "'...'", text)
-        text = re.sub(r"[-+]?\d+(\.\d+)?(e[-+]?\d+)?", "#", text)
-        keys.add(text.split(";")[0].split(" | ")[0].strip())
-    return tuple(sorted(keys))
+        side = "parameters: " if text.startswith("parameters: ") else ""
+        stage = next((s for s in ("converting", "running", "reading") if f"while {s}" in text), "")
+        for phrase, cause in CATEGORIES:
+            if phrase in text:
+                causes.add(cause.format(side=side, stage=stage))
+                break
+        else:
+            causes.add(re.sub(r"[-+]?\d+(\.\d+)?(e[-+]?\d+)?", "#", text))
+    if "parameters: wrong values" in causes:  # per-channel lines on the parameters only ever describe the bias
+        causes.discard("parameters: wrong values")
+        causes.add("wrong fused bias")
+    return tuple(sorted(causes))
 
 
 @dataclass
@@ -188,7 +220,7 @@ def essentials(spec: SiteSpec) -> list[str]:
 
 def _group_key(outcome: Outcome) -> str:
     spec = outcome.spec
-    return json.dumps([outcome.signature, spec["op"], len(spec["kernel_shape"]), spec["tail"]])
+    return json.dumps([list(signature(outcome.explanations)), spec["op"], len(spec["kernel_shape"]), spec["tail"]])
 
 
 def run(out: str | Path, engine, *, budget: int = 200, seed: int = 0, dims=(1, 2, 3), tails=TAILS, workers: int = 2,
@@ -258,7 +290,7 @@ def _report(out: Path, engine, seed: int, budget: int, outcomes: list[Outcome], 
         first = members[0]
         cache_key = f"{seed}:{engine.version()}:{key}"
         if cache_key not in cache:
-            minimal, spent = shrink(SiteSpec.from_dict(first.spec), tuple(first.signature), engine,
+            minimal, spent = shrink(SiteSpec.from_dict(first.spec), signature(first.explanations), engine,
                                     budget=shrink_budget)
             cache[cache_key] = {"spec": minimal.to_dict(), "spent": spent}
             write_atomic(shrunk_cache, json.dumps(cache, indent=1))
@@ -267,7 +299,7 @@ def _report(out: Path, engine, seed: int, budget: int, outcomes: list[Outcome], 
         path = repro / f"group_{number:02d}.onnx"
         write_atomic(path, build(minimal).SerializeToString())
         entries.append({
-            "group": number, "count": len(members), "signature": first.signature,
+            "group": number, "count": len(members), "signature": list(signature(first.explanations)),
             "explanations": first.explanations, "notes": first.notes,
             "op": first.spec["op"], "rank": len(first.spec["kernel_shape"]), "tail": first.spec["tail"],
             "attributes_that_matter": essentials(minimal), "minimal": minimal.to_dict(),
