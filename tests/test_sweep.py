@@ -37,11 +37,12 @@ def test_planted_legacy_fold_is_found_shrunk_and_grouped(tmp_path):
     assert report["failed"] > 0
     for group in report["groups"]:
         assert any(LEGACY in e for e in group["explanations"]), group["explanations"]
-        assert group["op"] == "ConvTranspose" and group["tail"] == "bn"
+        assert group["op"] == "ConvTranspose" and group["tails"] == ["bn"]
         minimal = SiteSpec.from_dict(group["minimal"])
         # the defect needs a grouped ConvTranspose with C_in/group > 1: the shrinker keeps exactly that
         assert minimal.group == 2 and minimal.input_shape[1] // minimal.group == 2
         assert minimal.input_shape[0] == 1 and "C_in/group > 1" in group["attributes_that_matter"]
+        assert minimal.tail == "bn"  # the shrinker tried tail none: the defect needs the BN
         assert (tmp_path / "repro" / f"group_{group['group']:02d}.onnx").exists()
     # every reported configuration is one the defect really touches (no false reports)
     for line in (tmp_path / "judged.jsonl").read_text().splitlines():
