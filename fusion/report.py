@@ -58,8 +58,11 @@ def table(reports: list[ModelReport]) -> Table:
 
 def print_reports(reports: list[ModelReport], console: Console | None = None) -> None:
     console = console or Console()
-    console.print(table(reports))
     sites = [s for r in reports for s in r.sites]
+    if not sites:
+        console.print("no Conv or ConvTranspose found: nothing to judge")
+        return
+    console.print(table(reports))
     failed = [s for s in sites if not s.passed]
     console.print(f"{len(sites) - len(failed)} passed, {len(failed)} failed of {len(sites)} sites "
                   f"in {len(reports)} model(s)")
