@@ -199,7 +199,10 @@ def judge_params(site: Site, ref: Reference, params: EngineParams) -> tuple[Para
     bias = None if b_eff is None else compare(b_eff.astype(np.float32), ref.b_folded, bound=b_bound)
     passed = weight.passed and (bias is None or bias.passed)
     explanations = []
-    if not weight.passed:
+    nonfinite = int((~np.isfinite(w_eff)).sum()) + (0 if b_eff is None else int((~np.isfinite(b_eff)).sum()))
+    if nonfinite:
+        explanations.append(f"NaN/Inf in the fused parameters: {nonfinite} non-finite weight or bias values")
+    if not weight.passed and not nonfinite:
         if weight.shape_actual != weight.shape_expected:
             explanations.append(f"fused weight shape {list(weight.shape_actual)} differs from {list(weight.shape_expected)}")
         else:
@@ -216,7 +219,7 @@ def judge_params(site: Site, ref: Reference, params: EngineParams) -> tuple[Para
                 found = [f"fused weights wrong: {source}"] if source else []
             explanations += found or [f"fused weights wrong ({weight.elements_failed} of {w_eff.size} elements; "
                                       f"{weight.summary()})"]
-    if bias is not None and not bias.passed:
+    if bias is not None and not bias.passed and not nonfinite:
         zeros = np.zeros_like(ref.b_folded)
         hypotheses = {"bias missing in the fused op (all zero)": zeros}
         if site.b is not None and site.affine is not None:

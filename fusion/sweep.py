@@ -75,6 +75,8 @@ CATEGORIES = (  # (phrase in an explanation, the cause it names); first match wi
     ("holds no weights", "weights lost by the converter"),
     ("shape differs", "wrong output shape"),
     ("NaN/garbage", "NaN/Inf output"),
+    ("NaN/Inf in the fused parameters", "NaN/Inf fused parameters"),
+    ("fusion could not judge", "fusion internal error"),
     ("has no tensor", "site output missing from the converted model"),
     ("failed while converting", "conversion failed"),
     ("failed while running", "run failed"),
@@ -128,7 +130,12 @@ def judge(spec: SiteSpec, engine, index: int = -1) -> Outcome:
     from fusion.check import check
 
     started = time.perf_counter()
-    report = check(None, engine, model=build(spec), name=spec.name)
+    try:
+        report = check(None, engine, model=build(spec), name=spec.name)
+    except Exception as error:  # one configuration must never end a campaign: record it, and it is ours to fix
+        explanations = [f"fusion could not judge this configuration: {type(error).__name__}: {error}"]
+        return Outcome(index, spec.to_dict(), "fail", list(signature(explanations)), explanations, [],
+                       time.perf_counter() - started)
     site = report.sites[0]
     return Outcome(index, spec.to_dict(), site.status, list(signature(site.explanations)), site.explanations,
                    site.notes, time.perf_counter() - started)

@@ -8,8 +8,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from fusion.affine import ChannelAffine
-from fusion.fold import fold_affine, output_channel_view
+from fusion.fold import output_channel_view
 
 
 class EngineFailure(Exception):
@@ -78,9 +77,10 @@ class EngineParams:
         mul, add = np.ones(channels), np.zeros(channels)
         for op in self.tail:
             mul, add = mul * op.mul, add * op.mul + op.add
-        affine = ChannelAffine(mul=mul, sub=np.zeros(channels), add=add)
-        w_f, b_f = fold_affine(w, self.b, affine, group=group, transposed=transposed, node="engine tail")
-        return w_f, None if self.b is None else b_f
+        # the engine's values are judged, not validated: NaN or Inf must flow through to the comparison
+        view, shape = output_channel_view(w, group, transposed)
+        w_f = (view * mul.reshape(shape)).reshape(w.shape)
+        return w_f, None if self.b is None else np.asarray(self.b, np.float64) * mul + add
 
     def read_error(self, *, group: int, transposed: bool) -> tuple[np.ndarray, np.ndarray]:
         """Bounds on how far ``effective()`` can be from the engine's true values because of read resolution.
