@@ -254,3 +254,16 @@ def test_non_finite_engine_parameters_are_a_finding_not_an_error():
     check_result, explanations, notes = judge_params(site, ref, params)
     assert not check_result.passed
     assert explanations[0].startswith("NaN/Inf in the fused parameters")
+
+
+def test_unmappable_parameters_with_a_right_output_are_a_note(tmp_path):
+    """MNN 3.6.1 rewrites some grouped Convs as per-slice ConvolutionDepthwise ops plus a sum: right output, no op
+    to read back. That is not a failure of the converter."""
+    from fusion.graph.build import SiteSpec
+
+    spec = SiteSpec("Conv", (1, 8, 1, 1), 4, 4, (1, 1), {}, False, "none", 3, "grouped_conv_as_depthwise_sum")
+    path = tmp_path / "m.onnx"
+    onnx.save(build(spec), path)
+    (site,) = check(path, MNNEngine()).sites
+    assert site.status == "pass", site.explanations
+    assert any(n.startswith("fused parameters not judged: no conv op named after") for n in site.notes)
