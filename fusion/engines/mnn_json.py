@@ -59,10 +59,12 @@ class MnnGraph:
         """True when the model computes nothing: no op besides its inputs and constants."""
         return all(op.get("type") in ("Input", "Const") for op in self.ops)
 
-    def conv_ops(self, *names: str) -> list[tuple[int, int, dict]]:
-        """``(depth, group, op)`` for every conv-type op computing the ONNX conv, found under the first of ``names``
-        that has any: the conv's output tensor, or the output of a tail node the converter merged into it (MNN
-        folds a per-channel Add into the bias and names the op after the Add)."""
+    def conv_ops(self, *names: str) -> tuple[str, list[tuple[int, int, dict]]]:
+        """The first of ``names`` under which conv-type ops exist, and ``(depth, group, op)`` for each of them.
+
+        ``names``: the conv's output tensor, then the outputs of tail nodes the converter may have merged into it
+        (MNN folds a per-channel Add into the bias and names the op after the Add).
+        """
         for name in names:
             pattern = re.compile(re.escape(name) + r"(?:__(\d+))?(?:__group__(\d+))?$")
             found = []
@@ -71,8 +73,8 @@ class MnnGraph:
                 if match and op.get("type") in CONV_TYPES:
                     found.append((int(match.group(1) or -1), int(match.group(2) or -1), op))
             if found:
-                return sorted(found, key=lambda item: (item[0], item[1]))
-        return []
+                return name, sorted(found, key=lambda item: (item[0], item[1]))
+        return "", []
 
     def _weight_input(self, op: dict) -> np.ndarray | None:  # exact only when the Const is stored externally
         """The whole ONNX-layout weight when the converter kept it as a Const input (sliced per group) instead of
@@ -148,27 +150,44 @@ class MnnGraph:
     def site_params(self, site, engine: str = "MNN") -> EngineParams:
         """Reassemble the site's conv parameters into the ONNX layout of ``site.op`` and list kept tail ops."""
         names = [site.conv_output] + [out for node in site.tail_nodes for out in node.output]
-        entries = self.conv_ops(*names)
+        found_as, entries = self.conv_ops(*names)
         if not entries:
             detail = ("the converted model is empty: the converter dropped every op yet reported success"
                       if self.is_empty else f"no conv op named after {' or '.join(repr(n) for n in names)} "
                       "(or their __group__ parts) in the converted model")
             raise EngineFailure(engine, "reading fused parameters", "missing", detail)
-        transposed = site.transposed
+        w, b, resolution, notes = self._assemble(entries, site, engine)
+        channels = site.w.shape[1] * site.group if site.transposed else site.w.shape[0]
+        if b is not None and b.size != channels:
+            raise EngineFailure(engine, "reading fused parameters", "missing",
+                                f"the fused bias has {b.size} values for {channels} output channels")
+        if any(op["main"]["common"].get("relu") or op["main"]["common"].get("relu6") for _, _, op in entries):
+            notes.append(f"{engine} also fused a following ReLU/ReLU6 into the conv op")
+        tail = self.tail_after(self._output_of(found_as, entries), site.output_name, channels)
+        return EngineParams(w=w, b=b, tail=tail, ops=[op["name"] for _, _, op in entries] + [t.name for t in tail],
+                            notes=notes, resolution=resolution)
+
+    def _assemble(self, entries, site, engine: str):
+        """``(w, b, resolution, notes)``: the ops' weights joined back into one ONNX-layout weight.
+
+        Per-group ops are concatenated on axis 0 (input channels of a ConvTranspose, output channels of a Conv);
+        per-depth-tap ops are stacked on the depth axis (their bias lives outside them: ``b`` is None); a weight
+        kept as a Const input is taken whole.
+        """
         notes = []
         if any((op["main"].get("quanParameter") or {}) for _, _, op in entries):
-            notes.append("weights are quantized in the converted model; compared after dequantization is not "
-                         "supported")
-        by_depth: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
+            notes.append("weights are quantized in the converted model; they are compared as stored")
+        first = entries[0][2]
+        whole = None if first["main"].get("weight") or first["main"].get("external") else self._weight_input(first)
         resolution = 0.0
-        first = entries[0][2]["main"]
-        whole = None if first.get("weight") or first.get("external") else self._weight_input(entries[0][2])
+        by_depth: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
         for depth, _, op in entries:
-            shape = _op_weight_shape(op, transposed)
             weight, bias, exact = self._op_arrays(op)
             resolution = max(resolution, 0.0 if exact else TEXT_RESOLUTION)
             if whole is not None:
-                weight = np.zeros(int(np.prod(shape)), np.float32)  # placeholder: the whole weight is used below
+                by_depth.setdefault(depth, []).append((None, bias))
+                continue
+            shape = _op_weight_shape(op, site.transposed)
             if weight.size == 0:
                 raise EngineFailure(engine, "reading fused parameters", "missing",
                                     f"op {op['name']} holds no weights: the converter lost them")
@@ -176,36 +195,31 @@ class MnnGraph:
                 raise EngineFailure(engine, "reading fused parameters", "missing",
                                     f"op {op['name']} holds {weight.size} weights, its attributes say {shape}")
             by_depth.setdefault(depth, []).append((weight.reshape(shape), bias))
-        parts = [(np.concatenate([w for w, _ in group_parts], axis=0),
-                  np.concatenate([b for _, b in group_parts])) for _, group_parts in sorted(by_depth.items())]
-        if len(parts) > 1:  # per-depth-tap 2-D ops: stack the taps back on the depth axis
-            w = np.stack([p[0] for p in parts], axis=2)
-            b = None
-            notes.append(f"{engine} decomposed the 3-D op into {len(parts)} per-depth 2-D ops; the bias is applied "
-                         "outside them and is judged through the output only")
-        else:
-            w, b = parts[0]
+        biases = [np.concatenate([b for _, b in parts]) for _, parts in sorted(by_depth.items())]
         if whole is not None:
             w = whole
             notes.append(f"{engine} kept the weight as a separate constant input to the conv op")
+        else:
+            joined = [np.concatenate([w for w, _ in parts], axis=0) for _, parts in sorted(by_depth.items())]
+            w = joined[0] if len(joined) == 1 else np.stack(joined, axis=2)
+        b = biases[0] if len(biases) == 1 else None
+        if len(biases) > 1:
+            notes.append(f"{engine} decomposed the 3-D op into {len(biases)} per-depth 2-D ops; the bias is applied "
+                         "outside them and is judged through the output only")
         if w.size != site.w.size:
             raise EngineFailure(engine, "reading fused parameters", "missing",
                                 f"fused weight has {w.size} elements, the ONNX weight {site.w.size}")
-        w = w.reshape(site.w.shape)  # 1-D convs run as 2-D with a unit axis; same element order
-        channels = site.w.shape[1] * site.group if transposed else site.w.shape[0]
-        if b is not None and b.size != channels:
-            b = None if b.size == 0 else b
-        if any(op["main"]["common"].get("relu") or op["main"]["common"].get("relu6") for _, _, op in entries):
-            notes.append(f"{engine} also fused a following ReLU/ReLU6 into the conv op")
-        last = entries[-1][2]
-        start = self.index.get(site.conv_output)
-        if start is None:
-            concat = next((op for op in self.ops if op.get("name") == site.conv_output and op.get("type") != "Const"),
-                          last)
-            start = (concat.get("outputIndexes") or [0])[0]
-        tail = self.tail_after(start, site.output_name, channels)
-        return EngineParams(w=w, b=b, tail=tail, ops=[op["name"] for _, _, op in entries] + [t.name for t in tail],
-                            notes=notes, resolution=resolution)
+        b = None if b is not None and b.size == 0 else b
+        return w.reshape(site.w.shape), b, resolution, notes  # 1-D convs run as 2-D with a unit axis
+
+    def _output_of(self, name: str, entries) -> int:
+        """The tensor the site's conv result leaves by: the tensor ``name``, else the output of the op (a Concat of
+        the groups, or the single conv op) named ``name``."""
+        if name in self.index:
+            return self.index[name]
+        named = next((op for op in self.ops if op.get("name") == name and op.get("type") != "Const"), None)
+        source = named if named is not None else entries[-1][2]
+        return (source.get("outputIndexes") or [0])[0]
 
     def _external(self, main: dict) -> list[np.ndarray] | None:
         """The float32 arrays an op keeps in the external weight file: ``external = [offset, bytes, bytes...]``."""
@@ -233,7 +247,7 @@ class MnnGraph:
     def set_site_params(self, site, w: np.ndarray | None = None, b: np.ndarray | None = None) -> None:
         """Write ``w`` (ONNX layout of ``site.op``) and/or ``b`` into the site's ops, split as the converter split
         them. Used to reproduce defects (e.g. the legacy per-group fold) in a real converted model."""
-        entries = self.conv_ops(site.conv_output, *[out for node in site.tail_nodes for out in node.output])
+        _, entries = self.conv_ops(site.conv_output, *[out for node in site.tail_nodes for out in node.output])
         if not entries or any(depth >= 0 for depth, _, _ in entries):
             raise ValueError(f"cannot rewrite site {site.conv_output!r}: no plain or per-group conv ops")
         parts = len(entries)
