@@ -267,3 +267,14 @@ def test_unmappable_parameters_with_a_right_output_are_a_note(tmp_path):
     (site,) = check(path, MNNEngine()).sites
     assert site.status == "pass", site.explanations
     assert any(n.startswith("fused parameters not judged: no conv op named after") for n in site.notes)
+
+
+def test_onnxruntime_is_judged_through_the_same_adapter_protocol():
+    """The second engine: onnxruntime's own optimizer (ORT_ENABLE_ALL) folds BN; Mul/Add it keeps are composed."""
+    from fusion.engines.onnxruntime_engine import OnnxRuntimeEngine
+
+    engine = OnnxRuntimeEngine()
+    for spec in demo_specs():
+        (site,) = check(None, engine, model=build(spec), name=spec.name).sites
+        assert site.status == "pass", (spec.name, site.explanations)
+        assert site.output.passed

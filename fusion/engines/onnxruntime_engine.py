@@ -14,10 +14,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import numpy_helper
 
 from fusion.engines.base import EngineFailure, EngineParams, TailOp
 from fusion.engines.isolate import python_child, run_step
+from fusion.errors import FusionInputError
+from fusion.graph.sites import find_sites
 
 
 class OnnxRuntimeEngine:
@@ -51,24 +52,21 @@ class OnnxRuntimeEngine:
             return np.load(out_path)
 
     def site_params(self, prepared: Path, site) -> EngineParams:
-        model = onnx.load(prepared)
-        constants = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-        conv = next((n for n in model.graph.node if n.op_type == site.op and site.output_name in n.output), None)
-        tail = []
-        if conv is None:
-            conv = next((n for n in model.graph.node if n.op_type == site.op and site.conv_output in n.output), None)
-            if conv is None:
-                raise EngineFailure(self.name, "reading fused parameters", "missing",
-                                    f"no {site.op} writes {site.output_name!r} or {site.conv_output!r}")
-            for node in model.graph.node:  # kept tail nodes, composed by the checker
-                if node.op_type == "BatchNormalization" and node.input[0] == site.conv_output:
-                    scale, bias, mean, var = (constants[n].astype(np.float64) for n in node.input[1:5])
-                    epsilon = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-5)
-                    mul = scale / np.sqrt(var + epsilon)
-                    tail.append(TailOp("BatchNormalization", node.name, mul, bias - mean * mul))
-        w = constants.get(conv.input[1])
-        b = constants.get(conv.input[2]) if len(conv.input) > 2 and conv.input[2] else None
-        if w is None:
-            raise EngineFailure(self.name, "reading fused parameters", "missing", "the weight is not an initializer")
-        channels = w.shape[1] * site.group if site.transposed else w.shape[0]
-        return EngineParams(w=w, b=np.zeros(channels, w.dtype) if b is None else b, tail=tail, ops=[conv.name])
+        """The conv writing the site's output (fused) or its conv output (not fused), read with the same site
+        finder as the ONNX model, so that whatever tail onnxruntime kept (BN, Mul, Add) is composed by the checker."""
+        try:
+            candidates = find_sites(onnx.load(prepared))
+        except FusionInputError as error:
+            raise EngineFailure(self.name, "reading fused parameters", "missing", str(error)) from None
+        for candidate in candidates:
+            if candidate.op != site.op or candidate.output_name != site.output_name:
+                continue
+            channels = candidate.w.shape[1] * candidate.group if candidate.transposed else candidate.w.shape[0]
+            b = np.zeros(channels, candidate.w.dtype) if candidate.b is None else candidate.b
+            tail = [] if candidate.affine is None else [
+                TailOp(candidate.tail, " + ".join(n.name for n in candidate.tail_nodes), candidate.affine.mul,
+                       candidate.affine.shift)]
+            return EngineParams(w=candidate.w, b=b, tail=tail, ops=[candidate.label])
+        raise EngineFailure(self.name, "reading fused parameters", "missing",
+                            f"no {site.op} (with or without a kept tail) writes {site.output_name!r} in the optimized "
+                            "model")
