@@ -79,6 +79,7 @@ CATEGORIES = (  # (phrase in an explanation, the cause it names); first match wi
     ("fusion could not judge", "fusion internal error"),
     ("has no tensor", "site output missing from the converted model"),
     ("failed while converting", "conversion failed"),
+    ("failed while optimizing", "conversion failed"),
     ("failed while running", "run failed"),
     ("per-group misindexing", "{side}legacy per-group fold"),
     ("folded with epsilon=0", "{side}BN epsilon dropped"),

@@ -7,7 +7,6 @@ file; ``run`` evaluates the optimized model in a child process.
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 from pathlib import Path
 
@@ -32,12 +31,8 @@ class OnnxRuntimeEngine:
 
     def prepare(self, onnx_path: Path, workdir: Path) -> Path:
         optimized = Path(workdir) / (Path(onnx_path).stem + ".ort.onnx")
-        code = ("import onnxruntime as ort, sys; o = ort.SessionOptions(); "
-                "o.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL; "
-                "o.optimized_model_filepath = sys.argv[2]; "
-                "ort.InferenceSession(sys.argv[1], o, providers=['CPUExecutionProvider'])")
-        run_step([sys.executable, "-c", code, str(onnx_path), str(optimized)], engine=self.name, stage="optimizing",
-                 timeout=self.timeout)
+        run_step(python_child("ort_child.py") + ["optimize", str(onnx_path), str(optimized)], engine=self.name,
+                 stage="optimizing", timeout=self.timeout)
         return optimized
 
     def load(self, artifact: Path, workdir: Path) -> Path:
@@ -47,8 +42,8 @@ class OnnxRuntimeEngine:
         with tempfile.TemporaryDirectory(prefix="fusion-ort-") as scratch:
             feeds_path, out_path = os.path.join(scratch, "feeds.npz"), os.path.join(scratch, "out.npy")
             np.savez(feeds_path, **{k: np.asarray(v, np.float32) for k, v in feeds.items()})
-            run_step(python_child("ort_child.py") + [str(prepared), feeds_path, out_path, output], engine=self.name,
-                     stage="running", timeout=self.timeout)
+            run_step(python_child("ort_child.py") + ["run", str(prepared), feeds_path, out_path, output],
+                     engine=self.name, stage="running", timeout=self.timeout)
             return np.load(out_path)
 
     def site_params(self, prepared: Path, site) -> EngineParams:

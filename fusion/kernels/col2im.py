@@ -8,7 +8,7 @@ Conv as GEMM: ``im2col`` gathers ``cols[n, ci, tap, o] = x[n, ci, o*stride + tap
 
 from numba import njit, prange
 
-from fusion.kernels.config import PARALLEL, SERIAL
+from fusion.kernels.config import PARALLEL, SERIAL, uintp
 from fusion.kernels.conv import finish_plane, valid_range
 
 
@@ -36,7 +36,7 @@ def col2im_plane(cols, n, oc, strides, dilations, pads_begin, out):
                         row_out = out[i_d * sd + off_d, i_h * sh + off_h]
                         row_in = taps[i_d, i_h]
                         for i_w in range(w_lo, w_hi):
-                            row_out[i_w * sw + off_w] += row_in[i_w]
+                            row_out[uintp(i_w * sw + off_w)] += row_in[uintp(i_w)]
 
 
 @njit(**PARALLEL)
@@ -81,4 +81,4 @@ def im2col_3d(x, strides, dilations, pads_begin, cols):
                             row_in = plane[o_d * sd + off_d, o_h * sh + off_h]
                             row_out = target[o_d, o_h]
                             for o_w in range(w_lo, w_hi):
-                                row_out[o_w] = row_in[o_w * sw + off_w]
+                                row_out[uintp(o_w)] = row_in[uintp(o_w * sw + off_w)]

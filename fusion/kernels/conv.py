@@ -7,7 +7,7 @@ into the same element. Layouts: ConvTranspose ``w: (c_in, c_out/group, kd, kh, k
 
 from numba import njit, prange
 
-from fusion.kernels.config import PARALLEL, SERIAL
+from fusion.kernels.config import PARALLEL, SERIAL, uintp
 
 
 @njit(**SERIAL)
@@ -55,7 +55,7 @@ def conv_transpose_plane(x, w, n, oc, group, strides, dilations, pads_begin, out
                             row_out = out[od, i_h * sh + off_h]
                             row_in = plane[i_d, i_h]
                             for i_w in range(w_lo, w_hi):
-                                row_out[i_w * sw + off_w] += tap * row_in[i_w]
+                                row_out[uintp(i_w * sw + off_w)] += tap * row_in[uintp(i_w)]
 
 
 @njit(**SERIAL)
@@ -88,7 +88,7 @@ def conv_plane(x, w, n, oc, group, strides, dilations, pads_begin, out):
                             row_out = out[o_d, o_h]
                             row_in = plane[i_d, o_h * sh + off_h]
                             for o_w in range(w_lo, w_hi):
-                                row_out[o_w] += tap * row_in[o_w * sw + off_w]
+                                row_out[uintp(o_w)] += tap * row_in[uintp(o_w * sw + off_w)]
 
 
 @njit(**SERIAL)
