@@ -16,10 +16,10 @@ import time
 start = time.perf_counter()
 import numpy as np
 import fusion
-x = np.ones((1, 8, 8, 8), np.float32)
-fusion.conv_transpose(x, np.ones((8, 2, 3, 3), np.float32), group=4, strides=[2, 2])   # GEMM path
-fusion.conv_transpose(x, np.ones((8, 1, 3, 3), np.float32), group=8, strides=[2, 2])   # direct path
-fusion.batch_norm(x, np.ones(8), np.zeros(8), np.zeros(8), np.ones(8))
+x = np.ones((1, 64, 8, 8), np.float32)
+fusion.conv_transpose(x, np.ones((64, 2, 3, 3), np.float32), strides=[2, 2])            # GEMM + col2im path
+fusion.conv_transpose(x, np.ones((64, 1, 3, 3), np.float32), group=64, strides=[2, 2])  # phase kernel path
+fusion.batch_norm(x, np.ones(64), np.zeros(64), np.zeros(64), np.ones(64))
 print(time.perf_counter() - start)
 """
 

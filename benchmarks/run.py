@@ -19,6 +19,8 @@ def main() -> int:
     parser.add_argument("--repetitions", type=int)
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args()
+    if not bench.pools_are_quiet():
+        return bench.rerun_with_quiet_pools(sys.argv)
     document = bench.run(quick=args.quick, threads_list=tuple(int(t) for t in args.threads.split(",")),
                          repetitions=args.repetitions, progress=lambda shape, t: print(f"done: {shape}, {t} thread(s)",
                                                                                        file=sys.stderr))

@@ -179,6 +179,11 @@ def main(argv=None) -> int:
         if args.command == "fuse":
             return _fuse(args, console)
         if args.command == "bench":
+            from fusion import bench
+
+            if not bench.pools_are_quiet():
+                return bench.rerun_with_quiet_pools(["-c", "import sys; from fusion.cli import main; "
+                                                     "sys.exit(main(sys.argv[1:]))", *(argv or sys.argv[1:])])
             return _bench(args, console)
         if args.command == "sweep":
             return _sweep(args, console)

@@ -13,12 +13,17 @@ from fusion.affine import ChannelAffine, batch_norm_affine, scale_affine
 from fusion.errors import FusionInputError
 from fusion.kernels.affine import channel_affine_3d
 from fusion.kernels.col2im import col2im_3d, im2col_3d
-from fusion.kernels.conv import conv_3d, conv_transpose_3d
+from fusion.kernels.conv import conv_3d
+from fusion.kernels.phases import conv_transpose_phases, pad_input, plan
 
 DTYPES = (np.float32, np.float64)
-# Below this many input channels per group a GEMM degenerates (depthwise: outer products) and the direct
-# kernels are faster; at or above it, BLAS does the multiply-adds.
+# Conv: below this many input channels per group a GEMM degenerates (depthwise: outer products) and the direct
+# kernel is faster; at or above it, BLAS does the multiply-adds.
 GEMM_MIN_CHANNELS = 4
+# ConvTranspose: the phase kernel (one vectorized multiply-add per input channel and tap, no cols buffer) wins
+# while a group has few input channels; with many, BLAS's register-blocked GEMM wins despite the col2im pass.
+# The crossover, measured: python benchmarks/crossover.py.
+CONV_TRANSPOSE_GEMM_MIN_CHANNELS = 64
 
 
 def _input(x, node: str) -> np.ndarray:
@@ -44,6 +49,15 @@ def _bias(b, channels: int, dtype, node: str) -> np.ndarray:
     return b
 
 
+def _operands(x, w, b, *, transposed: bool, **attributes):
+    """Validated ``x, w, b`` (w and b in the dtype of x) and the resolved geometry."""
+    node = "conv_transpose" if transposed else "conv"
+    x = _input(x, node)
+    w = _like(w, x.dtype, "w", node)
+    geo = attrs.resolve(x.shape, w.shape, transposed=transposed, **attributes)
+    return x, w, _bias(b, geo.c_out, x.dtype, node), geo
+
+
 def _lift(array: np.ndarray) -> np.ndarray:
     """View ``(a, b, *S)`` with 1-3 spatial axes as ``(a, b, d, h, w)`` by prepending unit axes."""
     spatial = array.shape[2:]
@@ -54,10 +68,10 @@ def _lift_ints(values: tuple[int, ...], fill: int) -> tuple[int, int, int]:
     return (fill,) * (3 - len(values)) + tuple(values)
 
 
-def _run_conv(kernel, x, w, b, geo: attrs.ConvGeometry, *extra) -> np.ndarray:
+def _conv_direct(x, w, b, geo: attrs.ConvGeometry) -> np.ndarray:
     y = np.empty((geo.batch, geo.c_out) + geo.output_shape, dtype=x.dtype)
-    kernel(_lift(x), _lift(w), b, geo.group, _lift_ints(geo.strides, 1), _lift_ints(geo.dilations, 1),
-           _lift_ints(geo.pads_begin, 0), *extra, _lift(y))
+    conv_3d(_lift(x), _lift(w), b, geo.group, _lift_ints(geo.strides, 1), _lift_ints(geo.dilations, 1),
+            _lift_ints(geo.pads_begin, 0), _lift(y))
     return y
 
 
@@ -69,10 +83,6 @@ def _epilogue(affine: ChannelAffine | None, channels: int) -> tuple:
     return True, affine.mul, affine.sub, affine.add
 
 
-def _lifted_shape(values: tuple[int, ...]) -> tuple[int, ...]:
-    return (1,) * (3 - len(values)) + tuple(values)
-
-
 def _conv_transpose_gemm(x, w, b, geo: attrs.ConvGeometry, affine: ChannelAffine | None = None) -> np.ndarray:
     """ConvTranspose as one GEMM per (batch, group), then col2im (see ``fusion.kernels.col2im``)."""
     group, c_in_g, c_out_g = geo.group, geo.c_in // geo.group, geo.c_out // geo.group
@@ -80,18 +90,43 @@ def _conv_transpose_gemm(x, w, b, geo: attrs.ConvGeometry, affine: ChannelAffine
     # w: (c_in, c_out/group, *k) -> per group (c_out/group * taps, c_in/group), contiguous for BLAS
     w_t = np.ascontiguousarray(w.reshape(group, c_in_g, c_out_g * taps).transpose(0, 2, 1))
     cols = np.matmul(w_t[None], x.reshape(geo.batch, group, c_in_g, positions))
-    cols = cols.reshape((geo.batch, geo.c_out) + _lifted_shape(geo.kernel_shape) + _lifted_shape(geo.input_shape))
+    cols = cols.reshape((geo.batch, geo.c_out) + _lift_ints(geo.kernel_shape, 1) + _lift_ints(geo.input_shape, 1))
     y = np.empty((geo.batch, geo.c_out) + geo.output_shape, dtype=x.dtype)
     col2im_3d(cols, b, _lift_ints(geo.strides, 1), _lift_ints(geo.dilations, 1), _lift_ints(geo.pads_begin, 0),
               *_epilogue(affine, geo.c_out), _lift(y))
     return y
 
 
+def _conv_transpose_phases(x, w, b, geo: attrs.ConvGeometry, affine: ChannelAffine | None = None) -> np.ndarray:
+    """ConvTranspose as a gather over output phases (see ``fusion.kernels.phases``)."""
+    strides = _lift_ints(geo.strides, 1)
+    phase_plan = plan(_lift_ints(geo.input_shape, 1), _lift_ints(geo.kernel_shape, 1), strides,
+                      _lift_ints(geo.dilations, 1), _lift_ints(geo.pads_begin, 0), _lift_ints(geo.output_shape, 1))
+    _, padded_h, padded_w = phase_plan.padded_shape
+    if affine is None:
+        scale, shift = np.ones(geo.c_out, x.dtype), b
+    else:  # (conv + b - sub) * mul + add, the per-channel constants combined in float64 and rounded once each
+        scale = affine.mul.astype(x.dtype)
+        shift = ((b.astype(np.float64) - affine.sub) * affine.mul + affine.add).astype(x.dtype)
+    y = np.empty((geo.batch, geo.c_out) + geo.output_shape, dtype=x.dtype)
+    conv_transpose_phases(pad_input(_lift(x), phase_plan), w.reshape(w.shape[0], w.shape[1], -1), scale, shift,
+                          geo.group, strides, padded_h * padded_w, padded_w, phase_plan.phase_origin,
+                          phase_plan.phase_counts, phase_plan.phase_start, phase_plan.tap_index, phase_plan.tap_shift,
+                          phase_plan.accumulator_length, _lift(y))
+    return y
+
+
+def _conv_transpose(x, w, b, geo: attrs.ConvGeometry, affine: ChannelAffine | None) -> np.ndarray:
+    if geo.c_in // geo.group >= CONV_TRANSPOSE_GEMM_MIN_CHANNELS:
+        return _conv_transpose_gemm(x, w, b, geo, affine)
+    return _conv_transpose_phases(x, w, b, geo, affine)
+
+
 def _conv_gemm(x, w, b, geo: attrs.ConvGeometry) -> np.ndarray:
     """Conv as im2col, then one GEMM per (batch, group) plus the bias."""
     group, c_in_g, c_out_g = geo.group, geo.c_in // geo.group, geo.c_out // geo.group
     taps, positions = int(np.prod(geo.kernel_shape)), int(np.prod(geo.output_shape))
-    cols = np.empty((geo.batch, geo.c_in) + _lifted_shape(geo.kernel_shape) + _lifted_shape(geo.output_shape),
+    cols = np.empty((geo.batch, geo.c_in) + _lift_ints(geo.kernel_shape, 1) + _lift_ints(geo.output_shape, 1),
                     dtype=x.dtype)
     im2col_3d(_lift(x), _lift_ints(geo.strides, 1), _lift_ints(geo.dilations, 1), _lift_ints(geo.pads_begin, 0),
               cols)
@@ -121,15 +156,10 @@ def conv_transpose(x, w, b=None, *, group=1, strides=None, pads=None, dilations=
     -------
     y : (N, C_out, *O) in the dtype of ``x``
     """
-    x = _input(x, "conv_transpose")
-    w = _like(w, x.dtype, "w", "conv_transpose")
-    geo = attrs.resolve(x.shape, w.shape, transposed=True, group=group, strides=strides, pads=pads,
-                        dilations=dilations, output_padding=output_padding, output_shape=output_shape,
-                        auto_pad=auto_pad, kernel_shape=kernel_shape)
-    b = _bias(b, geo.c_out, x.dtype, "conv_transpose")
-    if geo.c_in // geo.group >= GEMM_MIN_CHANNELS:
-        return _conv_transpose_gemm(x, w, b, geo)
-    return _run_conv(conv_transpose_3d, x, w, b, geo, *_epilogue(None, geo.c_out))
+    x, w, b, geo = _operands(x, w, b, transposed=True, group=group, strides=strides, pads=pads,
+                             dilations=dilations, output_padding=output_padding, output_shape=output_shape,
+                             auto_pad=auto_pad, kernel_shape=kernel_shape)
+    return _conv_transpose(x, w, b, geo, None)
 
 
 def conv(x, w, b=None, *, group=1, strides=None, pads=None, dilations=None, auto_pad="NOTSET",
@@ -148,14 +178,11 @@ def conv(x, w, b=None, *, group=1, strides=None, pads=None, dilations=None, auto
     -------
     y : (N, C_out, *O) in the dtype of ``x``
     """
-    x = _input(x, "conv")
-    w = _like(w, x.dtype, "w", "conv")
-    geo = attrs.resolve(x.shape, w.shape, transposed=False, group=group, strides=strides, pads=pads,
-                        dilations=dilations, auto_pad=auto_pad, kernel_shape=kernel_shape)
-    b = _bias(b, geo.c_out, x.dtype, "conv")
+    x, w, b, geo = _operands(x, w, b, transposed=False, group=group, strides=strides, pads=pads,
+                             dilations=dilations, auto_pad=auto_pad, kernel_shape=kernel_shape)
     if geo.c_in // geo.group >= GEMM_MIN_CHANNELS:
         return _conv_gemm(x, w, b, geo)
-    return _run_conv(conv_3d, x, w, b, geo)
+    return _conv_direct(x, w, b, geo)
 
 
 def channel_affine(x, affine: ChannelAffine, *, node: str = "channel_affine") -> np.ndarray:
@@ -191,15 +218,10 @@ def conv_transpose_channel_affine(x, w, b, affine: ChannelAffine, *, group=1, st
                                   kernel_shape=None) -> np.ndarray:
     """Epilogue-fused ``affine(conv_transpose(x, w, b))``: the affine map is applied as each output plane is
     finished, so BN or Scale costs no extra pass over memory and the weights stay unfolded."""
-    x = _input(x, "conv_transpose")
-    w = _like(w, x.dtype, "w", "conv_transpose")
-    geo = attrs.resolve(x.shape, w.shape, transposed=True, group=group, strides=strides, pads=pads,
-                        dilations=dilations, output_padding=output_padding, output_shape=output_shape,
-                        auto_pad=auto_pad, kernel_shape=kernel_shape)
+    x, w, b, geo = _operands(x, w, b, transposed=True, group=group, strides=strides, pads=pads,
+                             dilations=dilations, output_padding=output_padding, output_shape=output_shape,
+                             auto_pad=auto_pad, kernel_shape=kernel_shape)
     if affine.channels != geo.c_out:
         raise FusionInputError(f"affine map has {affine.channels} channels, the ConvTranspose has {geo.c_out}",
                                node="conv_transpose")
-    b = _bias(b, geo.c_out, x.dtype, "conv_transpose")
-    if geo.c_in // geo.group >= GEMM_MIN_CHANNELS:
-        return _conv_transpose_gemm(x, w, b, geo, affine)
-    return _run_conv(conv_transpose_3d, x, w, b, geo, *_epilogue(affine, geo.c_out))
+    return _conv_transpose(x, w, b, geo, affine)

@@ -12,6 +12,8 @@ from fusion.cli import main
 def test_quick_bench_writes_json_markdown_and_plot(tmp_path, monkeypatch, capsys):
     small = (bench.Shape("tiny g2", 8, 8, 2, 3, 2, 1, (6, 6)), bench.Shape("tiny 3d g2", 4, 4, 2, 3, 2, 1, (3, 3, 3)))
     monkeypatch.setattr(bench, "SUITE", small)
+    for name, value in bench.QUIET_POOLS.items():  # as if re-run by the entry point: stay in this process
+        monkeypatch.setenv(name, value)
     assert main(["bench", "--quick", "--threads", "1", "--repetitions", "2", "--out", str(tmp_path)]) == 0
     document = json.loads((tmp_path / "bench.json").read_text())
     rows = {(r["shape"], r["engine"], r["path"]): r for r in document["results"]}
@@ -23,3 +25,14 @@ def test_quick_bench_writes_json_markdown_and_plot(tmp_path, monkeypatch, capsys
     assert (tmp_path / "bench.png").stat().st_size > 10_000
     assert "| tiny g2 | 1 | fusion | folded |" in (tmp_path / "bench.md").read_text()
     assert "fusion folded / conv_transpose only" in capsys.readouterr().out
+
+
+def test_bench_reruns_itself_with_quiet_thread_pools(monkeypatch):
+    """Spinning OpenMP/OpenBLAS pools would slow whichever path runs next: the command re-runs itself with them quiet,
+    passing its arguments on."""
+    for name in bench.QUIET_POOLS:
+        monkeypatch.delenv(name, raising=False)
+    calls = []
+    monkeypatch.setattr(bench, "rerun_with_quiet_pools", lambda argv: calls.append(argv) or 7)
+    assert main(["bench", "--quick", "--threads", "1"]) == 7
+    assert calls and calls[0][-3:] == ["--quick", "--threads", "1"]

@@ -135,8 +135,10 @@ def test_output_dtype_follows_input_and_weights_are_cast():
 
 @pytest.mark.parametrize("transposed", [True, False], ids=["ConvTranspose", "Conv"])
 @given(data=st.data())
-def test_gemm_and_direct_paths_both_match_the_reference(transposed, data):
-    """Force each implementation on the same configuration; both must be within the bound of the reference."""
+def test_every_kernel_path_matches_the_reference(transposed, data):
+    """Force each implementation on the same configuration; every one must be within the bound of the reference.
+
+    ConvTranspose: GEMM + col2im and the phase kernel; Conv: im2col + GEMM and the direct kernel."""
     import fusion.ops as ops_module
 
     config = data.draw(conv_configs(transposed=transposed))
@@ -145,10 +147,11 @@ def test_gemm_and_direct_paths_both_match_the_reference(transposed, data):
     attributes = config["attributes"]
     exact = _function(reference, transposed)(x, w, b, **attributes)
     bound = site_bound(x, w, b, transposed=transposed, **attributes)
-    saved = ops_module.GEMM_MIN_CHANNELS
+    threshold_name = "CONV_TRANSPOSE_GEMM_MIN_CHANNELS" if transposed else "GEMM_MIN_CHANNELS"
+    saved = getattr(ops_module, threshold_name)
     try:
-        for threshold in (1, 10**9):  # every layer through GEMM, then every layer through the direct kernel
-            ops_module.GEMM_MIN_CHANNELS = threshold
+        for threshold in (1, 10**9):  # every layer through GEMM, then every layer through the other kernel
+            setattr(ops_module, threshold_name, threshold)
             result = compare(_function(fusion, transposed)(x, w, b, **attributes), exact, bound=bound)
             assert result.passed, (threshold, result.summary())
             if transposed:
@@ -158,4 +161,4 @@ def test_gemm_and_direct_paths_both_match_the_reference(transposed, data):
                 assert compare(fused, expected, bound=site_bound(x, w, b, affine, transposed=True,
                                                                  **attributes)).passed
     finally:
-        ops_module.GEMM_MIN_CHANNELS = saved
+        setattr(ops_module, threshold_name, saved)

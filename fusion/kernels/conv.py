@@ -1,8 +1,8 @@
-"""Direct ConvTranspose and Conv kernels on 3 spatial axes, parallel over (batch, output channel).
+"""Direct Conv kernel on 3 spatial axes, parallel over (batch, output channel), and its shared helpers.
 
 Each parallel task owns one output plane ``y[n, oc]`` and writes nothing else, so no two threads ever add
-into the same element. Layouts: ConvTranspose ``w: (c_in, c_out/group, kd, kh, kw)``, Conv
-``w: (c_out, c_in/group, kd, kh, kw)``; ``x: (n, c_in, d, h, w)``, ``y: (n, c_out, od, oh, ow)``.
+into the same element. Layouts: ``w: (c_out, c_in/group, kd, kh, kw)``; ``x: (n, c_in, d, h, w)``,
+``y: (n, c_out, od, oh, ow)``. (ConvTranspose: ``fusion.kernels.phases`` and ``fusion.kernels.col2im``.)
 """
 
 from numba import njit, prange
@@ -22,40 +22,6 @@ def valid_range(offset, stride, n_src, n_dst):
     if hi < lo:
         hi = lo
     return lo, hi
-
-
-@njit(**SERIAL)
-def conv_transpose_plane(x, w, n, oc, group, strides, dilations, pads_begin, out):
-    """Accumulate into ``out = y[n, oc]`` every product ``x[n, ci, i] * w[ci, j, t]`` that lands on it."""
-    c_in = x.shape[1]
-    c_out_g = w.shape[1]
-    c_in_g = c_in // group
-    g = oc // c_out_g
-    j = oc - g * c_out_g
-    sd, sh, sw = strides
-    dd, dh, dw = dilations
-    pd, ph, pw = pads_begin
-    out_d, out_h, out_w = out.shape
-    in_d, in_h, in_w = x.shape[2], x.shape[3], x.shape[4]
-    for ci in range(g * c_in_g, (g + 1) * c_in_g):
-        plane = x[n, ci]
-        for kd in range(w.shape[2]):
-            off_d = kd * dd - pd
-            d_lo, d_hi = valid_range(off_d, sd, in_d, out_d)
-            for kh in range(w.shape[3]):
-                off_h = kh * dh - ph
-                h_lo, h_hi = valid_range(off_h, sh, in_h, out_h)
-                for kw in range(w.shape[4]):
-                    off_w = kw * dw - pw
-                    w_lo, w_hi = valid_range(off_w, sw, in_w, out_w)
-                    tap = w[ci, j, kd, kh, kw]
-                    for i_d in range(d_lo, d_hi):
-                        od = i_d * sd + off_d
-                        for i_h in range(h_lo, h_hi):
-                            row_out = out[od, i_h * sh + off_h]
-                            row_in = plane[i_d, i_h]
-                            for i_w in range(w_lo, w_hi):
-                                row_out[uintp(i_w * sw + off_w)] += tap * row_in[uintp(i_w)]
 
 
 @njit(**SERIAL)
@@ -97,20 +63,6 @@ def finish_plane(out, mul, sub, add):
     flat = out.reshape(-1)
     for k in range(flat.shape[0]):
         flat[k] = (flat[k] - sub) * mul + add
-
-
-@njit(**PARALLEL)
-def conv_transpose_3d(x, w, b, group, strides, dilations, pads_begin, apply_affine, mul, sub, add, y):
-    """``y = ConvTranspose(x, w) + b``, then, if ``apply_affine``, the per-channel map as each plane is finished;
-    ``y`` is allocated by the caller with the resolved output shape."""
-    n_batch, c_out = y.shape[0], y.shape[1]
-    for task in prange(n_batch * c_out):
-        n, oc = task // c_out, task % c_out
-        out = y[n, oc]
-        out[...] = b[oc]
-        conv_transpose_plane(x, w, n, oc, group, strides, dilations, pads_begin, out)
-        if apply_affine:
-            finish_plane(out, mul[oc], sub[oc], add[oc])
 
 
 @njit(**PARALLEL)
