@@ -14,7 +14,7 @@ def conv_configs(draw, *, transposed, ranks=(1, 2, 3), ort_compatible=False):
     C_in != C_out, strides, dilations, asymmetric pads, output_padding, output_shape and every auto_pad."""
     rank = draw(st.sampled_from(ranks))
     group = draw(st.integers(1, 3))
-    c_in_g = draw(st.integers(1, 5))  # 4 and up take the GEMM path, 1 to 3 the direct kernels
+    c_in_g = draw(st.integers(1, 5))  # Conv: 4 and up take the GEMM path; every path is also forced in test_ops
     c_out_g = draw(st.integers(1, 3))
     batch = draw(st.integers(1, 2))
     max_side = {1: 6, 2: 5, 3: 3}[rank]

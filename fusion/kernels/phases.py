@@ -217,7 +217,7 @@ def conv_transpose_phases(xp, w, scale, shift, group, strides, pitch_h, pitch_w,
         j = 2 * block
         two = j + 1 < c_out_g
         oc = g * c_out_g + j
-        acc = np.zeros((2, sw, accumulator_length), y.dtype)
+        acc = np.empty((2, sw, accumulator_length), y.dtype)  # each phase's span is zeroed before use
         for first in range(0, phase_origin.shape[0], sw):
             counts = phase_counts[first:first + sw]
             if counts[0, 0] == 0 or counts[0, 1] == 0 or counts[0, 2] == 0:
