@@ -11,6 +11,7 @@ chains to fill both FMA pipes of a core) runs on each thread; peak = its FLOP/s.
 from __future__ import annotations
 
 import importlib.metadata
+import io
 import os
 import platform
 import signal
@@ -28,8 +29,9 @@ import onnxruntime
 from threadpoolctl import threadpool_limits
 
 from fusion import fold, ops
-from fusion.affine import batch_norm_affine
+from fusion.engines.base import EngineFailure
 from fusion.engines.isolate import python_child
+from fusion.engines.mnn import MNNEngine
 from fusion.engines.onnxruntime import session
 from fusion.files import write_atomic
 from fusion.graph.build import SiteSpec, build
@@ -200,17 +202,6 @@ class PathResult:
         return data
 
 
-def _mnn_convert(onnx_path: Path, mnn_path: Path, extra: list[str]) -> str | None:
-    argv = python_child("mnn_child.py") + ["mnnconvert", "-f", "ONNX", "--modelFile", str(onnx_path), "--MNNModel",
-                                           str(mnn_path), "--bizCode", "fusion", *extra]
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=600)
-    if result.returncode != 0:
-        return f"converter exit {result.returncode}"
-    if not mnn_path.exists() or mnn_path.stat().st_size == 0:
-        return "converter wrote no model"
-    return None
-
-
 def run(*, quick: bool = False, threads_list=(1, 2), repetitions: int | None = None, engines=("fusion", "onnxruntime",
         "mnn"), progress=None) -> dict:
     """Run the suite; returns a JSON-ready dict with environment, peaks and one row per (shape, engine, path)."""
@@ -269,10 +260,7 @@ def _paths(shape: Shape, spec: SiteSpec, model: onnx.ModelProto, threads: int, e
     (site,) = find_sites(model)
     rng = np.random.default_rng(0)
     x = rng.standard_normal(spec.input_shape).astype(np.float32)
-    attributes = site.attributes
-    bn = {k: v for k, v in zip(("scale", "bias", "mean", "var"),
-                               (np.asarray(c, np.float64) for c in _bn_constants(model)))}
-    affine = batch_norm_affine(**bn, epsilon=1e-5)
+    attributes, affine = site.attributes, site.affine
     w, b = site.w, site.b
     w_f, b_f = fold.fold_affine(w, b, affine, group=site.group, transposed=True)
     paths = {}
@@ -304,11 +292,16 @@ def _paths(shape: Shape, spec: SiteSpec, model: onnx.ModelProto, threads: int, e
         # MNN's unfused path: BN spelled as Mul + Add, which MNN 3.6.1 keeps as separate ops (its --forTraining
         # conversion, which keeps BatchNorm, crashes at run time)
         stem = f"{abs(hash((shape.name, threads)))}"
-        for label, graph, extra in (("unfused", _bn_as_mul_add(model, affine), []), ("folded", fused, []),
-                                    ("own fusion", model, []), ("Conv mirrored", conv_model, [])):
+        converter = MNNEngine(timeout=600)
+        for label, graph in (("unfused", _bn_as_mul_add(model, affine)), ("folded", fused), ("own fusion", model),
+                             ("Conv mirrored", conv_model)):
             onnx_path, mnn_path = scratch / f"{stem}-{label}.onnx", scratch / f"{stem}-{label.replace(' ', '_')}.mnn"
             onnx.save(graph, onnx_path)
-            failure = _mnn_convert(onnx_path, mnn_path, extra)
+            try:
+                converter.convert(onnx_path, mnn_path)
+                failure = None
+            except EngineFailure as error:
+                failure = error.explain()
             key = f"{stem}-{label.replace(' ', '_')}"
             dims = mirror.input_shape if label == "Conv mirrored" else spec.input_shape
             if failure is None:
@@ -349,16 +342,7 @@ def _mnn_call(mnn: MnnTimer, key: str, failure: str | None):
     return call
 
 
-def _bn_constants(model: onnx.ModelProto):
-    from onnx import numpy_helper
-
-    values = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    return [values[n] for n in ("bn_scale", "bn_bias", "bn_mean", "bn_var")]
-
-
 def environment() -> dict:
-    import MNN  # noqa: F401  (version only; MNN never runs in this process)
-
     cpu = ""
     try:
         with open("/proc/cpuinfo") as handle:
@@ -371,7 +355,8 @@ def environment() -> dict:
     except OSError:
         cpu = platform.processor()
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__,
-            "numba": numba.__version__, "numba_threading_layer": _threading_layer(), "onnxruntime": onnxruntime.__version__, "mnn": MNN.version(),
+            "numba": numba.__version__, "numba_threading_layer": _threading_layer(),
+            "onnxruntime": onnxruntime.__version__, "mnn": importlib.metadata.version("mnn"),
             "fusion": importlib.metadata.version("fusion"),
             "thread_pools": {name: os.environ.get(name, "unset") for name in QUIET_POOLS}}
 
@@ -463,11 +448,10 @@ def plot(document: dict, path) -> None:
         axis.set_title(f"ConvTranspose + BatchNormalization, {threads} thread(s)")
         axis.legend(fontsize=7, ncol=4)
     figure.tight_layout()
-    buffer = tempfile.NamedTemporaryFile(suffix=".png", delete=False, dir=os.path.dirname(os.path.abspath(path)))
-    buffer.close()
-    figure.savefig(buffer.name, dpi=110)
+    png = io.BytesIO()
+    figure.savefig(png, format="png", dpi=110)
     plt.close(figure)
-    os.replace(buffer.name, path)
+    write_atomic(path, png.getvalue())
 
 
 def write(document: dict, folder) -> dict:
