@@ -27,7 +27,7 @@ import numpy as np
 
 from fusion import attrs, ops
 from fusion.affine import ChannelAffine
-from fusion.fold import output_channel_view
+from fusion.fold import output_channel_view, output_channels
 
 EXTRA_ROUNDINGS = 8
 
@@ -83,7 +83,7 @@ def fold_bounds(w, b=None, affine: ChannelAffine | None = None, *, group: int = 
     ``|db'| <= gamma_8 (|mul| (|b| + |sub|) + |add|)``; eight covers both with room for a final cast.
     """
     w64 = np.abs(np.asarray(w, np.float64))
-    channels = w64.shape[1] * group if transposed else w64.shape[0]
+    channels = output_channels(w64.shape, group=group, transposed=transposed, node="fold_bounds")
     if affine is None:
         mul, sub, add = np.ones(channels), np.zeros(channels), np.zeros(channels)
     else:

@@ -176,9 +176,8 @@ def explain_output(site: Site, ref: Reference, actual: np.ndarray, result: Compa
 
 def _output_channel_of(site: Site) -> np.ndarray:
     """For every weight element, the output channel it feeds."""
-    channels = site.w.shape[1] * site.group if site.transposed else site.w.shape[0]
     view, shape = output_channel_view(np.zeros(site.w.shape), site.group, site.transposed)
-    return np.broadcast_to(np.arange(channels).reshape(shape), view.shape).reshape(site.w.shape)
+    return np.broadcast_to(np.arange(site.c_out).reshape(shape), view.shape).reshape(site.w.shape)
 
 
 def judge_params(site: Site, ref: Reference, params: EngineParams) -> tuple[ParamCheck, list[str], list[str]]:

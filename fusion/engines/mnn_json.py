@@ -157,13 +157,12 @@ class MnnGraph:
                       "(or their __group__ parts) in the converted model")
             raise EngineFailure(engine, "reading fused parameters", "missing", detail)
         w, b, resolution, notes = self._assemble(entries, site, engine)
-        channels = site.w.shape[1] * site.group if site.transposed else site.w.shape[0]
-        if b is not None and b.size != channels:
+        if b is not None and b.size != site.c_out:
             raise EngineFailure(engine, "reading fused parameters", "missing",
-                                f"the fused bias has {b.size} values for {channels} output channels")
+                                f"the fused bias has {b.size} values for {site.c_out} output channels")
         if any(op["main"]["common"].get("relu") or op["main"]["common"].get("relu6") for _, _, op in entries):
             notes.append(f"{engine} also fused a following ReLU/ReLU6 into the conv op")
-        tail = self.tail_after(self._output_of(found_as, entries), site.output_name, channels)
+        tail = self.tail_after(self._output_of(found_as, entries), site.output_name, site.c_out)
         return EngineParams(w=w, b=b, tail=tail, ops=[op["name"] for _, _, op in entries] + [t.name for t in tail],
                             notes=notes, resolution=resolution)
 

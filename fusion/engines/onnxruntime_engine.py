@@ -56,8 +56,7 @@ class OnnxRuntimeEngine:
         for candidate in candidates:
             if candidate.op != site.op or candidate.output_name != site.output_name:
                 continue
-            channels = candidate.w.shape[1] * candidate.group if candidate.transposed else candidate.w.shape[0]
-            b = np.zeros(channels, candidate.w.dtype) if candidate.b is None else candidate.b
+            b = np.zeros(candidate.c_out, candidate.w.dtype) if candidate.b is None else candidate.b
             tail = [] if candidate.affine is None else [
                 TailOp(candidate.tail, " + ".join(n.name for n in candidate.tail_nodes), candidate.affine.mul,
                        candidate.affine.shift)]

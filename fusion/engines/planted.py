@@ -51,9 +51,8 @@ class PlantedEngine:
         return self.prepare(artifact, workdir)
 
     def _params(self, site: Site) -> tuple[np.ndarray, np.ndarray]:
-        channels = site.w.shape[1] * site.group if site.transposed else site.w.shape[0]
         if site.affine is None:
-            w, b = site.w, np.zeros(channels, site.w.dtype) if site.b is None else site.b
+            w, b = site.w, np.zeros(site.c_out, site.w.dtype) if site.b is None else site.b
         elif self.defect == "legacy_fold" and site.transposed:
             w, b = legacy.fold_mnn_legacy(site.w, site.b, site.affine, group=site.group)
         else:

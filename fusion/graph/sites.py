@@ -56,14 +56,20 @@ class Site:
         return int(self.attributes.get("group", 1))
 
     @property
+    def c_out(self) -> int:
+        return self.w.shape[1] * self.group if self.transposed else self.w.shape[0]
+
+    @property
+    def c_in(self) -> int:
+        return self.w.shape[0] if self.transposed else self.w.shape[1] * self.group
+
+    @property
     def label(self) -> str:
         return " + ".join(node_label(n) for n in [self.conv] + self.tail_nodes)
 
     def describe(self) -> str:
         """``ConvTranspose2d g4 8->12 k3 s2 + BatchNormalization``: the site's shape at a glance."""
-        c_out = self.w.shape[1] * self.group if self.transposed else self.w.shape[0]
-        c_in = self.w.shape[0] if self.transposed else self.w.shape[1] * self.group
-        parts = [f"{self.op}{self.rank}d", f"g{self.group}", f"{c_in}->{c_out}",
+        parts = [f"{self.op}{self.rank}d", f"g{self.group}", f"{self.c_in}->{self.c_out}",
                  "k" + "x".join(str(k) for k in self.w.shape[2:])]
         strides = self.attributes.get("strides")
         if strides and any(s != 1 for s in strides):
