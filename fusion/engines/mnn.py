@@ -130,15 +130,11 @@ class MNNEngine:
         misindexing) in a real converted model.
         """
         workdir = Path(workdir)
-        plain = workdir / "rewrite.mnn"
-        self.convert(Path(onnx_path), plain)
-        graph = self.dump(plain, workdir / "rewrite.json")
-        source = workdir / "exact-source"
-        source.mkdir(exist_ok=True)
-        exact = self.prepare(Path(onnx_path), source).graph
+        prepared = self.prepare(Path(onnx_path), workdir)  # the model as converted, and its exact parameters
+        graph = self.dump(prepared.path, workdir / "rewrite.json")
         for site in find_sites(load(onnx_path)):
             try:
-                params = exact.site_params(site, self.name)
+                params = prepared.graph.site_params(site, self.name)
             except EngineFailure:
                 continue
             w, b = edits.get(site.conv_output, (None, None))
