@@ -25,8 +25,7 @@ import onnx
 from fusion.errors import FusionInputError
 from fusion.files import write_atomic
 from fusion.graph.build import SiteSpec, build
-
-TAILS = ("none", "bn", "scale", "mul", "add")
+from fusion.graph.sites import TAILS
 
 
 def random_spec(seed: int, index: int, *, dims=(1, 2, 3), tails=TAILS) -> SiteSpec:
