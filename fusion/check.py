@@ -125,14 +125,8 @@ class Reference:
     relu: bool = False  # expected is taken after a Relu the engine fused
 
 
-def _convolve(site: Site, x, w, b) -> np.ndarray:
-    function = ops.conv_transpose if site.transposed else ops.conv
-    return function(np.asarray(x, np.float64), np.asarray(w, np.float64),
-                    None if b is None else np.asarray(b, np.float64), **site.attributes)
-
-
 def reference(site: Site, x: np.ndarray) -> Reference:
-    conv = _convolve(site, x, site.w, site.b)
+    conv = site.convolve(x, site.w, site.b)
     expected = conv if site.affine is None else ops.channel_affine(conv, site.affine)
     bound = site_bound(x, site.w, site.b, site.affine, transposed=site.transposed, **site.attributes)
     channels = conv.shape[1]
@@ -157,17 +151,17 @@ def explain_output(site: Site, ref: Reference, actual: np.ndarray, result: Compa
     lines = []
     if result.nan_count or result.inf_count:
         lines.append(f"NaN/garbage output: {result.nan_count} NaN and {result.inf_count} Inf values")
-    hypotheses = {BIAS_MISSING: _convolve(site, ref.x, ref.w_folded, None)}
+    hypotheses = {BIAS_MISSING: site.convolve(ref.x, ref.w_folded, None)}
     if site.affine is not None:
         hypotheses[TAIL_NOT_APPLIED] = ref.conv
         if site.b is not None:
-            hypotheses[CONV_BIAS_DROPPED] = _convolve(site, ref.x, ref.w_folded, ref.b_folded - site.affine.mul * site.b)
+            hypotheses[CONV_BIAS_DROPPED] = site.convolve(ref.x, ref.w_folded, ref.b_folded - site.affine.mul * site.b)
     legacy_w = _legacy_weights(site)
     if legacy_w is not None:
-        hypotheses[LEGACY] = _convolve(site, ref.x, legacy_w, ref.b_folded)
+        hypotheses[LEGACY] = site.convolve(ref.x, legacy_w, ref.b_folded)
     no_epsilon = _epsilon_zero_fold(site)
     if no_epsilon is not None:
-        hypotheses[epsilon_ignored(site)] = _convolve(site, ref.x, *no_epsilon)
+        hypotheses[epsilon_ignored(site)] = site.convolve(ref.x, *no_epsilon)
     if ref.relu:
         hypotheses = {k: np.maximum(v, 0.0) for k, v in hypotheses.items() if k != TAIL_NOT_APPLIED}
     found = matching(actual, hypotheses, ref.bound)

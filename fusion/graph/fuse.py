@@ -108,10 +108,7 @@ def verify(original: onnx.ModelProto, fused: onnx.ModelProto, sites: list[Site],
     results = []
     for site, entry in zip(sites, report.folded):
         x = values[site.input_name]
-        convolve = ops.conv_transpose if site.transposed else ops.conv
-        exact = convolve(x.astype(np.float64), site.w.astype(np.float64),
-                         None if site.b is None else site.b.astype(np.float64), **site.attributes)
-        exact = ops.channel_affine(exact, site.affine)
+        exact = ops.channel_affine(site.convolve(x, site.w, site.b), site.affine)
         bound = site_bound(x, site.w, site.b, site.affine, transposed=site.transposed, **site.attributes)
         folded = fused_sites[site.output_name]
         cut = build.cut_site(folded, fused, x.shape)

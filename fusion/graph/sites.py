@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from fusion import attrs
+from fusion import attrs, ops
 from fusion.affine import ChannelAffine, batch_norm_affine
 from fusion.errors import FusionInputError
 from fusion.graph.model import Graph
@@ -62,6 +62,12 @@ class Site:
     @property
     def c_in(self) -> int:
         return self.w.shape[0] if self.transposed else self.w.shape[1] * self.group
+
+    def convolve(self, x, w, b) -> np.ndarray:
+        """This site's Conv/ConvTranspose of ``x`` with weights ``w`` and bias ``b`` (None: no bias), in float64."""
+        function = ops.conv_transpose if self.transposed else ops.conv
+        return function(np.asarray(x, np.float64), np.asarray(w, np.float64),
+                        None if b is None else np.asarray(b, np.float64), **self.attributes)
 
     @property
     def label(self) -> str:
