@@ -13,6 +13,35 @@ from fusion.kernels.conv import finish_plane, valid_range
 
 
 @njit(**SERIAL)
+def _add_rows(taps, d_range, h_range, w_range, strides, offsets, out):
+    """``out[i_d*sd + off_d, i_h*sh + off_h, i_w*sw + off_w] += taps[i_d, i_h, i_w]`` over the three ranges."""
+    sd, sh, sw = strides
+    off_d, off_h, off_w = offsets
+    for i_d in range(d_range[0], d_range[1]):
+        for i_h in range(h_range[0], h_range[1]):
+            row_out = out[i_d * sd + off_d, i_h * sh + off_h]
+            row_in = taps[i_d, i_h]
+            for i_w in range(w_range[0], w_range[1]):
+                row_out[uintp(i_w * sw + off_w)] += row_in[uintp(i_w)]
+
+
+@njit(**SERIAL)
+def _add_row_pairs(taps_a, taps_b, d_range, h_range, w_range, strides, offsets, out):
+    """``_add_rows`` for two taps of stride 2 whose outputs interleave: ``taps_a`` lands on ``2*i_w + off_w`` and
+    ``taps_b`` on ``2*i_w + off_w + 1``, for ``i_w`` in ``w_range``, which both taps must cover. One loop
+    makes an interleaved pair of stores, which LLVM vectorizes (a lone stride-2 store it does not)."""
+    sd, sh, _ = strides
+    off_d, off_h, off_w = offsets
+    for i_d in range(d_range[0], d_range[1]):
+        for i_h in range(h_range[0], h_range[1]):
+            row_out = out[i_d * sd + off_d, i_h * sh + off_h]
+            row_a, row_b = taps_a[i_d, i_h], taps_b[i_d, i_h]
+            for i_w in range(w_range[0], w_range[1]):
+                row_out[uintp(2 * i_w + off_w)] += row_a[uintp(i_w)]
+                row_out[uintp(2 * i_w + off_w + 1)] += row_b[uintp(i_w)]
+
+
+@njit(**SERIAL)
 def col2im_plane(cols, n, oc, strides, dilations, pads_begin, out):
     """Add ``cols[n, oc, tap, id, ih, iw]`` (taps flattened as kd, kh, kw) into the plane ``out = y[n, oc]``."""
     sd, sh, sw = strides
@@ -27,16 +56,26 @@ def col2im_plane(cols, n, oc, strides, dilations, pads_begin, out):
         for kh in range(kernel_h):
             off_h = kh * dh - ph
             h_lo, h_hi = valid_range(off_h, sh, in_h, out_h)
-            for kw in range(kernel_w):
+            d_range, h_range = (d_lo, d_hi), (h_lo, h_hi)
+            kw = 0
+            while kw < kernel_w:
                 off_w = kw * dw - pw
-                w_lo, w_hi = valid_range(off_w, sw, in_w, out_w)
+                w_range = valid_range(off_w, sw, in_w, out_w)
                 taps = cols[n, oc, kd, kh, kw]
-                for i_d in range(d_lo, d_hi):
-                    for i_h in range(h_lo, h_hi):
-                        row_out = out[i_d * sd + off_d, i_h * sh + off_h]
-                        row_in = taps[i_d, i_h]
-                        for i_w in range(w_lo, w_hi):
-                            row_out[uintp(i_w * sw + off_w)] += row_in[uintp(i_w)]
+                if sw == 2 and dw == 1 and kw + 1 < kernel_w:
+                    # taps kw and kw + 1 land on neighbouring outputs: add them together where both are in range
+                    w_range_b = valid_range(off_w + 1, sw, in_w, out_w)
+                    both_lo = max(w_range[0], w_range_b[0])
+                    both = (both_lo, max(both_lo, min(w_range[1], w_range_b[1])))
+                    taps_b = cols[n, oc, kd, kh, kw + 1]
+                    _add_row_pairs(taps, taps_b, d_range, h_range, both, strides, (off_d, off_h, off_w), out)
+                    for tap, offset, (lo, hi) in ((taps, off_w, w_range), (taps_b, off_w + 1, w_range_b)):
+                        _add_rows(tap, d_range, h_range, (lo, min(hi, both[0])), strides, (off_d, off_h, offset), out)
+                        _add_rows(tap, d_range, h_range, (max(lo, both[1]), hi), strides, (off_d, off_h, offset), out)
+                    kw += 2
+                else:
+                    _add_rows(taps, d_range, h_range, w_range, strides, (off_d, off_h, off_w), out)
+                    kw += 1
 
 
 @njit(**PARALLEL)
