@@ -67,11 +67,20 @@ def site_bound(x, w, b=None, affine: ChannelAffine | None = None, *, transposed:
     w_scaled = (view * mul.reshape(vector_shape)).reshape(w64.shape)
     b_abs = np.zeros(geo.c_out) if b is None else np.abs(np.asarray(b, np.float64))
     constant = mul * (b_abs + sub) + add
-    convolve = ops.conv_transpose if transposed else ops.conv
-    magnitude = convolve(x64, w_scaled, constant, **geometry)
+    magnitude = ops.convolve_float64(x64, w_scaled, constant, transposed=transposed, **geometry)
     n = geo.reduction_length + EXTRA_ROUNDINGS
     u64 = unit_roundoff(np.float64)
     return (gamma(n, unit_roundoff(dtype)) + 2 * gamma(n, u64)) * magnitude
+
+
+def exact_site(x, w, b=None, affine: ChannelAffine | None = None, *, transposed: bool, dtype=np.float32,
+               **attributes) -> tuple[np.ndarray, np.ndarray]:
+    """``(expected, bound)`` for ``affine(conv(x, w) + b)``: the result computed in float64 (no ``affine``: the
+    convolution alone), and ``site_bound`` for an evaluation of it in ``dtype``."""
+    expected = ops.convolve_float64(x, w, b, transposed=transposed, **attributes)
+    if affine is not None:
+        expected = ops.channel_affine(expected, affine)
+    return expected, site_bound(x, w, b, affine, transposed=transposed, dtype=dtype, **attributes)
 
 
 def fold_bounds(w, b=None, affine: ChannelAffine | None = None, *, group: int = 1, transposed: bool,

@@ -186,6 +186,14 @@ def conv(x, w, b=None, *, group=1, strides=None, pads=None, dilations=None, auto
     return _conv_direct(x, w, b, geo)
 
 
+def convolve_float64(x, w, b=None, *, transposed: bool, **attributes) -> np.ndarray:
+    """``conv_transpose`` (``transposed``) or ``conv`` of ``x, w, b`` computed in float64, whatever their dtype:
+    the exact side of every comparison."""
+    function = conv_transpose if transposed else conv
+    return function(np.asarray(x, np.float64), np.asarray(w, np.float64),
+                    None if b is None else np.asarray(b, np.float64), **attributes)
+
+
 def channel_affine(x, affine: ChannelAffine, *, node: str = "channel_affine") -> np.ndarray:
     """``y[:, c] = (x[:, c] - sub[c]) * mul[c] + add[c]`` for ``x: (N, C, *S)``, each element rounded once."""
     x = _input(x, node)

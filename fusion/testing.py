@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from fusion import ops
+from fusion import attrs
 from fusion.affine import batch_norm_affine, scale_affine
-from fusion.bounds import site_bound
+from fusion.bounds import exact_site
 from fusion.compare import Comparison, compare
 
 
@@ -27,19 +27,13 @@ def reference_site(op: str, x, w, b=None, *, batch_norm: dict | None = None, sca
     if batch_norm is not None and scale is not None:
         raise ValueError("give batch_norm or scale, not both")
     transposed = op == "conv_transpose"
-    x64 = np.asarray(x, np.float64)
-    convolve = ops.conv_transpose if transposed else ops.conv
-    expected = convolve(x64, np.asarray(w, np.float64), None if b is None else np.asarray(b, np.float64),
-                        **attributes)
+    channels = attrs.resolve(np.shape(x), np.shape(w), transposed=transposed, **attributes).c_out
     affine = None
     if batch_norm is not None:
-        affine = batch_norm_affine(**batch_norm, channels=expected.shape[1])
+        affine = batch_norm_affine(**batch_norm, channels=channels)
     elif scale is not None:
-        affine = scale_affine(**scale, channels=expected.shape[1])
-    if affine is not None:
-        expected = ops.channel_affine(expected, affine)
-    bound = site_bound(x, w, b, affine, transposed=transposed, dtype=dtype, **attributes)
-    return expected, bound
+        affine = scale_affine(**scale, channels=channels)
+    return exact_site(x, w, b, affine, transposed=transposed, dtype=dtype, **attributes)
 
 
 def assert_matches_reference(actual, *, op: str, x, w, b=None, batch_norm: dict | None = None,

@@ -14,8 +14,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from fusion import ops
-from fusion.bounds import site_bound
+from fusion.bounds import exact_site
 from fusion.compare import Comparison, compare
 from fusion.engines.onnxruntime import activations, input_shapes, random_feeds, session
 from fusion.fold import fold_affine
@@ -108,8 +107,7 @@ def verify(original: onnx.ModelProto, fused: onnx.ModelProto, sites: list[Site],
     results = []
     for site, entry in zip(sites, report.folded):
         x = values[site.input_name]
-        exact = ops.channel_affine(site.convolve(x, site.w, site.b), site.affine)
-        bound = site_bound(x, site.w, site.b, site.affine, transposed=site.transposed, **site.attributes)
+        exact, bound = exact_site(x, site.w, site.b, site.affine, transposed=site.transposed, **site.attributes)
         folded = fused_sites[site.output_name]
         cut = build.cut_site(folded, fused, x.shape)
         actual = session(cut).run(None, {site.input_name: x})[0]

@@ -65,9 +65,7 @@ class Site:
 
     def convolve(self, x, w, b) -> np.ndarray:
         """This site's Conv/ConvTranspose of ``x`` with weights ``w`` and bias ``b`` (None: no bias), in float64."""
-        function = ops.conv_transpose if self.transposed else ops.conv
-        return function(np.asarray(x, np.float64), np.asarray(w, np.float64),
-                        None if b is None else np.asarray(b, np.float64), **self.attributes)
+        return ops.convolve_float64(x, w, b, transposed=self.transposed, **self.attributes)
 
     @property
     def label(self) -> str:
