@@ -14,7 +14,7 @@ from fusion.errors import FusionInputError
 from fusion.kernels.affine import channel_affine_3d
 from fusion.kernels.col2im import col2im_3d, im2col_3d
 from fusion.kernels.conv import conv_3d
-from fusion.kernels.phases import conv_transpose_phases, pad_input, plan
+from fusion.kernels.phases import conv_transpose_phases, plan
 
 DTYPES = (np.float32, np.float64)
 # Conv: below this many input channels per group a GEMM degenerates (depthwise: outer products) and the direct
@@ -103,15 +103,14 @@ def _conv_transpose_phases(x, w, b, geo: attrs.ConvGeometry, affine: ChannelAffi
     strides = _lift_ints(geo.strides, 1)
     phase_plan = plan(_lift_ints(geo.input_shape, 1), _lift_ints(geo.kernel_shape, 1), strides,
                       _lift_ints(geo.dilations, 1), _lift_ints(geo.pads_begin, 0), _lift_ints(geo.output_shape, 1))
-    _, padded_h, padded_w = phase_plan.padded_shape
     if affine is None:
         scale, shift = np.ones(geo.c_out, x.dtype), b
     else:  # (conv + b - sub) * mul + add, the per-channel constants combined in float64 and rounded once each
         scale = affine.mul.astype(x.dtype)
         shift = ((b.astype(np.float64) - affine.sub) * affine.mul + affine.add).astype(x.dtype)
     y = np.empty((geo.batch, geo.c_out) + geo.output_shape, dtype=x.dtype)
-    conv_transpose_phases(pad_input(_lift(x), phase_plan), w.reshape(w.shape[0], w.shape[1], -1), scale, shift,
-                          geo.group, strides, padded_h * padded_w, padded_w, phase_plan.phase_origin,
+    conv_transpose_phases(_lift(x), w.reshape(w.shape[0], w.shape[1], -1), scale, shift, geo.group, strides,
+                          phase_plan.padded_shape, phase_plan.padded_offset, phase_plan.phase_origin,
                           phase_plan.phase_counts, phase_plan.phase_start, phase_plan.tap_index, phase_plan.tap_shift,
                           phase_plan.accumulator_length, _lift(y))
     return y

@@ -162,3 +162,24 @@ def test_every_kernel_path_matches_the_reference(transposed, data):
                                                                  **attributes)).passed
     finally:
         setattr(ops_module, threshold_name, saved)
+
+
+@pytest.mark.parametrize("group, c_out_g, length", [(8, 1, 3000), (2, 6, 3000), (2, 6, 50)],
+                         ids=["depthwise: padded per task", "large group: padded once", "small group: per task"])
+def test_phase_kernel_input_padding_modes(group, c_out_g, length):
+    """The phase kernel pads a group's input per task or once for all (``PAD_PER_TASK_BYTES``); both must agree
+    with the reference, with asymmetric pads and a bias, on batch 2."""
+    from fusion.kernels.phases import PAD_PER_TASK_BYTES
+
+    c_in = 8
+    rng = np.random.default_rng(group * 100 + length)
+    x = rng.standard_normal((2, c_in, length))
+    w = rng.standard_normal((c_in, c_out_g, 4))
+    b = rng.standard_normal(group * c_out_g)
+    attributes = dict(group=group, strides=[3], pads=[2, 1], dilations=[2])
+    padded_group_bytes = (c_in // group) * (length + 4) * x.itemsize
+    assert (padded_group_bytes > PAD_PER_TASK_BYTES) == (group == 2 and length > 1000)  # the case covers its mode
+    exact = reference.conv_transpose(x, w, b, **attributes)
+    bound = site_bound(x, w, b, transposed=True, **attributes)
+    result = compare(fusion.conv_transpose(x, w, b, **attributes), exact, bound=bound)
+    assert result.passed, result.summary()
