@@ -6,6 +6,7 @@ weights and bias are cast to it (as an engine evaluating the model in that preci
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 from fusion import attrs
@@ -24,6 +25,11 @@ GEMM_MIN_CHANNELS = 4
 # while a group has few input channels; with many, BLAS's register-blocked GEMM wins despite the col2im pass.
 # The crossover, measured: python benchmarks/crossover.py.
 CONV_TRANSPOSE_GEMM_MIN_CHANNELS = 64
+# ConvTranspose GEMM on one thread: the GEMM runs in chunks of output channels whose cols (about this many bytes)
+# col2im adds up while they are still in cache (measured 0.94x on the 256->128 k4 decoder, 0.82x with group 4).
+# Not with more threads: there, alternating BLAS's and Numba's thread pools once per chunk lets the pool that is
+# spin-waiting take the cores from the one at work (measured in a default environment: 30-140 ms against 12).
+COLS_CHUNK_BYTES = 2 << 20
 
 
 def _input(x, node: str) -> np.ndarray:
@@ -84,17 +90,32 @@ def _epilogue(affine: ChannelAffine | None, channels: int) -> tuple:
 
 
 def _conv_transpose_gemm(x, w, b, geo: attrs.ConvGeometry, affine: ChannelAffine | None = None) -> np.ndarray:
-    """ConvTranspose as one GEMM per (batch, group), then col2im (see ``fusion.kernels.col2im``)."""
+    """ConvTranspose as GEMMs, ``cols = w_g^T x_g`` per (batch, group), then col2im (``fusion.kernels.col2im``)."""
     group, c_in_g, c_out_g = geo.group, geo.c_in // geo.group, geo.c_out // geo.group
     taps, positions = int(np.prod(geo.kernel_shape)), int(np.prod(geo.input_shape))
     # w: (c_in, c_out/group, *k) -> per group (c_out/group * taps, c_in/group). A transposed view: BLAS reads it
     # as op(A) = A^T at no cost, while copying it contiguous took 2 ms on the 256->128 k4 decoder (a 16% tax).
     w_t = w.reshape(group, c_in_g, c_out_g * taps).transpose(0, 2, 1)
-    cols = np.matmul(w_t[None], x.reshape(geo.batch, group, c_in_g, positions))
-    cols = cols.reshape((geo.batch, geo.c_out) + _lift_ints(geo.kernel_shape, 1) + _lift_ints(geo.input_shape, 1))
+    x_g = x.reshape(geo.batch, group, c_in_g, positions)
     y = np.empty((geo.batch, geo.c_out) + geo.output_shape, dtype=x.dtype)
-    col2im_3d(cols, b, _lift_ints(geo.strides, 1), _lift_ints(geo.dilations, 1), _lift_ints(geo.pads_begin, 0),
-              *_epilogue(affine, geo.c_out), _lift(y))
+    geometry = (_lift_ints(geo.strides, 1), _lift_ints(geo.dilations, 1), _lift_ints(geo.pads_begin, 0))
+    apply_affine, mul, sub, add = _epilogue(affine, geo.c_out)
+    cols_shape = _lift_ints(geo.kernel_shape, 1) + _lift_ints(geo.input_shape, 1)
+    if numba.get_num_threads() > 1:  # one batched GEMM, one parallel col2im
+        cols = np.matmul(w_t[None], x_g).reshape((geo.batch, geo.c_out) + cols_shape)
+        col2im_3d(cols, b, *geometry, apply_affine, mul, sub, add, _lift(y))
+        return y
+    chunk = max(1, min(c_out_g, COLS_CHUNK_BYTES // (taps * positions * x.itemsize)))
+    cols = np.empty((chunk * taps, positions), x.dtype)
+    for n in range(geo.batch):
+        for g in range(group):
+            for j in range(0, c_out_g, chunk):
+                channels = min(chunk, c_out_g - j)
+                part = cols[:channels * taps]
+                np.matmul(w_t[g, j * taps:(j + channels) * taps], x_g[n, g], out=part)
+                oc = slice(g * c_out_g + j, g * c_out_g + j + channels)
+                col2im_3d(part.reshape((1, channels) + cols_shape), b[oc], *geometry, apply_affine, mul[oc], sub[oc],
+                          add[oc], _lift(y[n:n + 1, oc]))
     return y
 
 
