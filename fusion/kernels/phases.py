@@ -236,26 +236,30 @@ def _add_pairs_two(acc_a, acc_b, lo, hi, xp_n, w, j, first_channel, taps_per_cha
 def _store_phases(acc, origin, counts, strides, pitch_h, pitch_w, scale, shift, out):
     """``out[s*m + r] = acc[rw, m_flat] * scale + shift`` for the ``sw`` phases that share one (depth, row) phase.
 
-    One call per phase group, not per row: a call per output row cost more than the row's stores."""
+    One call per phase group, not per row: a call per output row cost more than the row's stores. Indices rather
+    than a view per row (0.96-0.98x on the 3-D layer, whose rows are 16 wide)."""
     sd, sh, sw = strides
+    two, step = uintp(2), uintp(sw)
     for md in range(counts[0, 0]):
+        o_d = sd * md + origin[0]
         for mh in range(counts[0, 1]):
-            rows = md * pitch_h + mh * pitch_w
-            out_row = out[sd * md + origin[0], sh * mh + origin[1]]
+            o_h = sh * mh + origin[1]
+            rows = uintp(md * pitch_h + mh * pitch_w)
             if sw == 2:
                 # both phases in one loop: a pair of interleaved stores, which LLVM vectorizes (a lone stride-2
                 # store it does not)
-                even, odd = acc[0, rows:], acc[1, rows:]
                 for m in range(counts[1, 2]):
-                    out_row[uintp(2 * m)] = even[uintp(m)] * scale + shift
-                    out_row[uintp(2 * m + 1)] = odd[uintp(m)] * scale + shift
+                    u = uintp(m)
+                    out[o_d, o_h, two * u] = acc[0, rows + u] * scale + shift
+                    out[o_d, o_h, two * u + uintp(1)] = acc[1, rows + u] * scale + shift
                 for m in range(counts[1, 2], counts[0, 2]):
-                    out_row[2 * m] = even[m] * scale + shift
+                    u = uintp(m)
+                    out[o_d, o_h, two * u] = acc[0, rows + u] * scale + shift
             else:
                 for rw in range(sw):
-                    phase = acc[rw, rows:]
                     for m in range(counts[rw, 2]):
-                        out_row[uintp(sw * m + rw)] = phase[uintp(m)] * scale + shift
+                        u = uintp(m)
+                        out[o_d, o_h, step * u + uintp(rw)] = acc[rw, rows + u] * scale + shift
 
 
 @njit(**PARALLEL)
