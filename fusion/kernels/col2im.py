@@ -26,19 +26,29 @@ def _add_rows(taps, d_range, h_range, w_range, strides, offsets, out):
 
 
 @njit(**SERIAL)
-def _add_row_pairs(taps_a, taps_b, d_range, h_range, w_range, strides, offsets, out):
+def _add_row_pairs(taps_a, taps_b, d_range, h_range, w_range_a, w_range_b, strides, offsets, out):
     """``_add_rows`` for two taps of stride 2 whose outputs interleave: ``taps_a`` lands on ``2*i_w + off_w`` and
-    ``taps_b`` on ``2*i_w + off_w + 1``, for ``i_w`` in ``w_range``, which both taps must cover. One loop
-    makes an interleaved pair of stores, which LLVM vectorizes (a lone stride-2 store it does not)."""
+    ``taps_b`` on ``2*i_w + off_w + 1``. Where both are in range, one loop makes an interleaved pair of stores,
+    which LLVM vectorizes (a lone stride-2 store it does not); the few edge columns go one by one."""
     sd, sh, _ = strides
     off_d, off_h, off_w = offsets
+    lo = max(w_range_a[0], w_range_b[0])
+    hi = max(lo, min(w_range_a[1], w_range_b[1]))
     for i_d in range(d_range[0], d_range[1]):
         for i_h in range(h_range[0], h_range[1]):
             row_out = out[i_d * sd + off_d, i_h * sh + off_h]
             row_a, row_b = taps_a[i_d, i_h], taps_b[i_d, i_h]
-            for i_w in range(w_range[0], w_range[1]):
+            for i_w in range(lo, hi):
                 row_out[uintp(2 * i_w + off_w)] += row_a[uintp(i_w)]
                 row_out[uintp(2 * i_w + off_w + 1)] += row_b[uintp(i_w)]
+            for i_w in range(w_range_a[0], min(w_range_a[1], lo)):
+                row_out[2 * i_w + off_w] += row_a[i_w]
+            for i_w in range(max(w_range_a[0], hi), w_range_a[1]):
+                row_out[2 * i_w + off_w] += row_a[i_w]
+            for i_w in range(w_range_b[0], min(w_range_b[1], lo)):
+                row_out[2 * i_w + off_w + 1] += row_b[i_w]
+            for i_w in range(max(w_range_b[0], hi), w_range_b[1]):
+                row_out[2 * i_w + off_w + 1] += row_b[i_w]
 
 
 @njit(**SERIAL)
@@ -64,14 +74,8 @@ def col2im_plane(cols, n, oc, strides, dilations, pads_begin, out):
                 taps = cols[n, oc, kd, kh, kw]
                 if sw == 2 and dw == 1 and kw + 1 < kernel_w:
                     # taps kw and kw + 1 land on neighbouring outputs: add them together where both are in range
-                    w_range_b = valid_range(off_w + 1, sw, in_w, out_w)
-                    both_lo = max(w_range[0], w_range_b[0])
-                    both = (both_lo, max(both_lo, min(w_range[1], w_range_b[1])))
-                    taps_b = cols[n, oc, kd, kh, kw + 1]
-                    _add_row_pairs(taps, taps_b, d_range, h_range, both, strides, (off_d, off_h, off_w), out)
-                    for tap, offset, (lo, hi) in ((taps, off_w, w_range), (taps_b, off_w + 1, w_range_b)):
-                        _add_rows(tap, d_range, h_range, (lo, min(hi, both[0])), strides, (off_d, off_h, offset), out)
-                        _add_rows(tap, d_range, h_range, (max(lo, both[1]), hi), strides, (off_d, off_h, offset), out)
+                    _add_row_pairs(taps, cols[n, oc, kd, kh, kw + 1], d_range, h_range, w_range,
+                                   valid_range(off_w + 1, sw, in_w, out_w), strides, (off_d, off_h, off_w), out)
                     kw += 2
                 else:
                     _add_rows(taps, d_range, h_range, w_range, strides, (off_d, off_h, off_w), out)
