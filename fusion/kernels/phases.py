@@ -143,6 +143,13 @@ def _four_pairs(q, first_channel, taps_per_channel, tap_index, tap_shift):
     return (c0, c1, c2, c3), (k0, k1, k2, k3), (s0, s1, s2, s3)
 
 
+@njit(inline="always", **SERIAL)
+def _weights(w, j, channels, taps):
+    """``w[channels[i], j, taps[i]]`` for the four pairs of a pass."""
+    return (w[channels[0], j, taps[0]], w[channels[1], j, taps[1]], w[channels[2], j, taps[2]],
+            w[channels[3], j, taps[3]])
+
+
 @njit(**SERIAL)
 def _add_pairs(acc, lo, hi, xp_n, w, j, first_channel, taps_per_channel, pairs, tap_index, tap_shift):
     """``acc[lo:hi] = sum over the phase's pairs of w[ci, j, tap] * xp_n[ci, lo+shift : hi+shift]``, four pairs a
@@ -151,36 +158,32 @@ def _add_pairs(acc, lo, hi, xp_n, w, j, first_channel, taps_per_channel, pairs, 
     if pairs == 0:
         acc[lo:hi] = 0
     q = 0
-    if pairs >= PAIRS_PER_PASS:
-        (c0, c1, c2, c3), (k0, k1, k2, k3), (s0, s1, s2, s3) = _four_pairs(q, first_channel, taps_per_channel,
-                                                                          tap_index, tap_shift)
-        a0, a1, a2, a3 = w[c0, j, k0], w[c1, j, k1], w[c2, j, k2], w[c3, j, k3]
-        for k in range(lo, hi):
-            u = uintp(k)
-            acc[u] = a0 * xp_n[c0, s0 + u] + a1 * xp_n[c1, s1 + u] + a2 * xp_n[c2, s2 + u] + a3 * xp_n[c3, s3 + u]
-        q = PAIRS_PER_PASS
-    elif pairs > 0:
-        c0, k0, s0 = _pair(q, first_channel, taps_per_channel, tap_index, tap_shift)
-        a0 = w[c0, j, k0]
-        for k in range(lo, hi):
-            u = uintp(k)
-            acc[u] = a0 * xp_n[c0, s0 + u]
-        q = 1
-    while q + PAIRS_PER_PASS <= pairs:
-        (c0, c1, c2, c3), (k0, k1, k2, k3), (s0, s1, s2, s3) = _four_pairs(q, first_channel, taps_per_channel,
-                                                                          tap_index, tap_shift)
-        a0, a1, a2, a3 = w[c0, j, k0], w[c1, j, k1], w[c2, j, k2], w[c3, j, k3]
-        for k in range(lo, hi):
-            u = uintp(k)
-            acc[u] += a0 * xp_n[c0, s0 + u] + a1 * xp_n[c1, s1 + u] + a2 * xp_n[c2, s2 + u] + a3 * xp_n[c3, s3 + u]
-        q += PAIRS_PER_PASS
     while q < pairs:
-        c0, k0, s0 = _pair(q, first_channel, taps_per_channel, tap_index, tap_shift)
-        a0 = w[c0, j, k0]
-        for k in range(lo, hi):
-            u = uintp(k)
-            acc[u] += a0 * xp_n[c0, s0 + u]
-        q += 1
+        if q + PAIRS_PER_PASS <= pairs:
+            channels, taps, (s0, s1, s2, s3) = _four_pairs(q, first_channel, taps_per_channel, tap_index, tap_shift)
+            c0, c1, c2, c3 = channels
+            a0, a1, a2, a3 = _weights(w, j, channels, taps)
+            if q == 0:
+                for k in range(lo, hi):
+                    u = uintp(k)
+                    acc[u] = a0 * xp_n[c0, s0 + u] + a1 * xp_n[c1, s1 + u] + a2 * xp_n[c2, s2 + u] + \
+                        a3 * xp_n[c3, s3 + u]
+            else:
+                for k in range(lo, hi):
+                    u = uintp(k)
+                    acc[u] += a0 * xp_n[c0, s0 + u] + a1 * xp_n[c1, s1 + u] + a2 * xp_n[c2, s2 + u] + \
+                        a3 * xp_n[c3, s3 + u]
+            q += PAIRS_PER_PASS
+        else:
+            c0, k0, s0 = _pair(q, first_channel, taps_per_channel, tap_index, tap_shift)
+            a0 = w[c0, j, k0]
+            if q == 0:
+                for k in range(lo, hi):
+                    acc[uintp(k)] = a0 * xp_n[c0, s0 + uintp(k)]
+            else:
+                for k in range(lo, hi):
+                    acc[uintp(k)] += a0 * xp_n[c0, s0 + uintp(k)]
+            q += 1
 
 
 @njit(**SERIAL)
@@ -192,44 +195,37 @@ def _add_pairs_two(acc_a, acc_b, lo, hi, xp_n, w, j, first_channel, taps_per_cha
         acc_a[lo:hi] = 0
         acc_b[lo:hi] = 0
     q = 0
-    if pairs >= PAIRS_PER_PASS:
-        (c0, c1, c2, c3), (k0, k1, k2, k3), (s0, s1, s2, s3) = _four_pairs(q, first_channel, taps_per_channel,
-                                                                          tap_index, tap_shift)
-        a0, a1, a2, a3 = w[c0, j, k0], w[c1, j, k1], w[c2, j, k2], w[c3, j, k3]
-        b0, b1, b2, b3 = w[c0, j + 1, k0], w[c1, j + 1, k1], w[c2, j + 1, k2], w[c3, j + 1, k3]
-        for k in range(lo, hi):
-            u = uintp(k)
-            v0, v1, v2, v3 = xp_n[c0, s0 + u], xp_n[c1, s1 + u], xp_n[c2, s2 + u], xp_n[c3, s3 + u]
-            acc_a[u] = a0 * v0 + a1 * v1 + a2 * v2 + a3 * v3
-            acc_b[u] = b0 * v0 + b1 * v1 + b2 * v2 + b3 * v3
-        q = PAIRS_PER_PASS
-    elif pairs > 0:
-        c0, k0, s0 = _pair(q, first_channel, taps_per_channel, tap_index, tap_shift)
-        a0, b0 = w[c0, j, k0], w[c0, j + 1, k0]
-        for k in range(lo, hi):
-            u = uintp(k)
-            acc_a[u] = a0 * xp_n[c0, s0 + u]
-            acc_b[u] = b0 * xp_n[c0, s0 + u]
-        q = 1
-    while q + PAIRS_PER_PASS <= pairs:
-        (c0, c1, c2, c3), (k0, k1, k2, k3), (s0, s1, s2, s3) = _four_pairs(q, first_channel, taps_per_channel,
-                                                                          tap_index, tap_shift)
-        a0, a1, a2, a3 = w[c0, j, k0], w[c1, j, k1], w[c2, j, k2], w[c3, j, k3]
-        b0, b1, b2, b3 = w[c0, j + 1, k0], w[c1, j + 1, k1], w[c2, j + 1, k2], w[c3, j + 1, k3]
-        for k in range(lo, hi):
-            u = uintp(k)
-            v0, v1, v2, v3 = xp_n[c0, s0 + u], xp_n[c1, s1 + u], xp_n[c2, s2 + u], xp_n[c3, s3 + u]
-            acc_a[u] += a0 * v0 + a1 * v1 + a2 * v2 + a3 * v3
-            acc_b[u] += b0 * v0 + b1 * v1 + b2 * v2 + b3 * v3
-        q += PAIRS_PER_PASS
     while q < pairs:
-        c0, k0, s0 = _pair(q, first_channel, taps_per_channel, tap_index, tap_shift)
-        a0, b0 = w[c0, j, k0], w[c0, j + 1, k0]
-        for k in range(lo, hi):
-            u = uintp(k)
-            acc_a[u] += a0 * xp_n[c0, s0 + u]
-            acc_b[u] += b0 * xp_n[c0, s0 + u]
-        q += 1
+        if q + PAIRS_PER_PASS <= pairs:
+            channels, taps, (s0, s1, s2, s3) = _four_pairs(q, first_channel, taps_per_channel, tap_index, tap_shift)
+            c0, c1, c2, c3 = channels
+            (a0, a1, a2, a3), (b0, b1, b2, b3) = _weights(w, j, channels, taps), _weights(w, j + 1, channels, taps)
+            if q == 0:
+                for k in range(lo, hi):
+                    u = uintp(k)
+                    v0, v1, v2, v3 = xp_n[c0, s0 + u], xp_n[c1, s1 + u], xp_n[c2, s2 + u], xp_n[c3, s3 + u]
+                    acc_a[u] = a0 * v0 + a1 * v1 + a2 * v2 + a3 * v3
+                    acc_b[u] = b0 * v0 + b1 * v1 + b2 * v2 + b3 * v3
+            else:
+                for k in range(lo, hi):
+                    u = uintp(k)
+                    v0, v1, v2, v3 = xp_n[c0, s0 + u], xp_n[c1, s1 + u], xp_n[c2, s2 + u], xp_n[c3, s3 + u]
+                    acc_a[u] += a0 * v0 + a1 * v1 + a2 * v2 + a3 * v3
+                    acc_b[u] += b0 * v0 + b1 * v1 + b2 * v2 + b3 * v3
+            q += PAIRS_PER_PASS
+        else:
+            c0, k0, s0 = _pair(q, first_channel, taps_per_channel, tap_index, tap_shift)
+            a0, b0 = w[c0, j, k0], w[c0, j + 1, k0]
+            if q == 0:
+                for k in range(lo, hi):
+                    v0 = xp_n[c0, s0 + uintp(k)]
+                    acc_a[uintp(k)], acc_b[uintp(k)] = a0 * v0, b0 * v0
+            else:
+                for k in range(lo, hi):
+                    v0 = xp_n[c0, s0 + uintp(k)]
+                    acc_a[uintp(k)] += a0 * v0
+                    acc_b[uintp(k)] += b0 * v0
+            q += 1
 
 
 @njit(**SERIAL)
