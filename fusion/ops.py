@@ -26,7 +26,8 @@ GEMM_MIN_CHANNELS = 4
 # The crossover, measured: python benchmarks/crossover.py.
 CONV_TRANSPOSE_GEMM_MIN_CHANNELS = 64
 # ConvTranspose GEMM on one thread: the GEMM runs in chunks of output channels whose cols (about this many bytes)
-# col2im adds up while they are still in cache (measured 0.94x on the 256->128 k4 decoder, 0.82x with group 4).
+# col2im adds up while they are still in cache (measured 0.87-0.93x on the grouped 256->128 k4 decoder; 0.98-1.01x,
+# no change, without groups).
 # Not with more threads: there, alternating BLAS's and Numba's thread pools once per chunk lets the pool that is
 # spin-waiting take the cores from the one at work (measured in a default environment: 30-140 ms against 12).
 COLS_CHUNK_BYTES = 2 << 20
