@@ -99,6 +99,7 @@ def plan(input_shape, kernel_shape, strides, dilations, pads_begin, output_shape
                             shift.append((cd + padded_offset[0]) * pitch_h + (ch + padded_offset[1]) * pitch_w
                                          + cw + padded_offset[2])
                 start.append(len(index))
+
     def table(rows, width=None):
         array = np.array(rows, np.int64).reshape(-1, width) if width else np.array(rows, np.int64)
         array.flags.writeable = False
@@ -268,7 +269,7 @@ def conv_transpose_phases(x, w, scale, shift, group, strides, padded_shape, padd
     caller; the tables and the padded geometry come from ``plan``.
 
     Where a group's input feeds a single task (depthwise), the task pads it into a buffer of its own, which stays
-    in cache (measured 0.82-0.87x on depthwise 128 k4 s2 64^2). Where several tasks read a large group, padding
+    in cache (measured 0.72-0.88x on depthwise 128 k4 s2 64^2). Where several tasks read a large group, padding
     per task repeats the copy (1.15-1.2x on 64 input channels per group), so a first parallel loop pads the input
     once for all."""
     n_batch, c_out = y.shape[0], y.shape[1]
