@@ -6,6 +6,8 @@ weights and bias are cast to it (as an engine evaluating the model in that preci
 
 from __future__ import annotations
 
+import os
+
 import numba
 import numpy as np
 
@@ -13,7 +15,7 @@ from fusion import attrs
 from fusion.affine import ChannelAffine, batch_norm_affine, scale_affine
 from fusion.errors import FusionInputError
 from fusion.kernels.affine import channel_affine_3d
-from fusion.kernels.col2im import col2im_3d, im2col_3d
+from fusion.kernels.col2im import col2im_3d, col2im_3d_serial, im2col_3d
 from fusion.kernels.conv import conv_3d
 from fusion.kernels.phases import conv_transpose_phases, plan
 
@@ -31,6 +33,13 @@ CONV_TRANSPOSE_GEMM_MIN_CHANNELS = 64
 # Not with more threads: there, alternating BLAS's and Numba's thread pools once per chunk lets the pool that is
 # spin-waiting take the cores from the one at work (measured in a default environment: 30-140 ms against 12).
 COLS_CHUNK_BYTES = 2 << 20
+# Numba's OpenMP workers spin-wait for milliseconds after a parallel region unless OMP_WAIT_POLICY=PASSIVE (read once,
+# when the OpenMP runtime loads), and a spinning pool takes the cores the next BLAS GEMM needs. So with more than one
+# thread the ConvTranspose GEMM path runs col2im on Numba's pool only where that pool does not spin; elsewhere on the
+# calling thread. Measured at 2 threads, default environment: 256->128 decoder 9.7-10.4 ms with the serial col2im
+# against 16.0 with the parallel one (grouped: 4.0-4.2 against 8.0-11.0); with passive pools the parallel one is
+# 0-17% faster.
+NUMBA_POOL_SPINS = os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE"
 
 
 def _input(x, node: str) -> np.ndarray:
@@ -102,9 +111,10 @@ def _conv_transpose_gemm(x, w, b, geo: attrs.ConvGeometry, affine: ChannelAffine
     geometry = (_lift_ints(geo.strides, 1), _lift_ints(geo.dilations, 1), _lift_ints(geo.pads_begin, 0))
     apply_affine, mul, sub, add = _epilogue(affine, geo.c_out)
     cols_shape = _lift_ints(geo.kernel_shape, 1) + _lift_ints(geo.input_shape, 1)
-    if numba.get_num_threads() > 1:  # one batched GEMM, one parallel col2im
+    if numba.get_num_threads() > 1:  # one batched GEMM (on BLAS's threads), then one col2im
         cols = np.matmul(w_t[None], x_g).reshape((geo.batch, geo.c_out) + cols_shape)
-        col2im_3d(cols, b, *geometry, apply_affine, mul, sub, add, _lift(y))
+        col2im = col2im_3d_serial if NUMBA_POOL_SPINS else col2im_3d
+        col2im(cols, b, *geometry, apply_affine, mul, sub, add, _lift(y))
         return y
     chunk = max(1, min(c_out_g, COLS_CHUNK_BYTES // (taps * positions * x.itemsize)))
     cols = np.empty((chunk * taps, positions), x.dtype)
@@ -115,8 +125,8 @@ def _conv_transpose_gemm(x, w, b, geo: attrs.ConvGeometry, affine: ChannelAffine
                 part = cols[:channels * taps]
                 np.matmul(w_t[g, j * taps:(j + channels) * taps], x_g[n, g], out=part)
                 oc = slice(g * c_out_g + j, g * c_out_g + j + channels)
-                col2im_3d(part.reshape((1, channels) + cols_shape), b[oc], *geometry, apply_affine, mul[oc], sub[oc],
-                          add[oc], _lift(y[n:n + 1, oc]))
+                col2im_3d_serial(part.reshape((1, channels) + cols_shape), b[oc], *geometry, apply_affine, mul[oc],
+                                 sub[oc], add[oc], _lift(y[n:n + 1, oc]))
     return y
 
 

@@ -139,8 +139,8 @@ def test_output_dtype_follows_input_and_weights_are_cast():
 def test_every_kernel_path_matches_the_reference(transposed, data):
     """Force each implementation on the same configuration; every one must be within the bound of the reference.
 
-    ConvTranspose: GEMM + col2im (batched, and chunked on one thread) and the phase kernel; Conv: im2col + GEMM and
-    the direct kernel."""
+    ConvTranspose: GEMM + col2im (batched with a parallel or a serial col2im, and chunked on one thread) and the phase
+    kernel; Conv: im2col + GEMM and the direct kernel."""
     import fusion.ops as ops_module
 
     config = data.draw(conv_configs(transposed=transposed))
@@ -150,18 +150,22 @@ def test_every_kernel_path_matches_the_reference(transposed, data):
     exact = _function(reference, transposed)(x, w, b, **attributes)
     bound = site_bound(x, w, b, transposed=transposed, **attributes)
     threshold_name = "CONV_TRANSPOSE_GEMM_MIN_CHANNELS" if transposed else "GEMM_MIN_CHANNELS"
-    saved, saved_chunk, saved_threads = getattr(ops_module, threshold_name), ops_module.COLS_CHUNK_BYTES, \
-        numba.get_num_threads()
-    # every layer through GEMM, then through the other kernel; ConvTranspose's GEMM also on one thread, where it
-    # runs in chunks of output channels (one channel a chunk here)
-    paths = [(1, saved_threads), (10**9, saved_threads)] + ([(1, 1)] if transposed else [])
+    saved = (getattr(ops_module, threshold_name), ops_module.COLS_CHUNK_BYTES, ops_module.NUMBA_POOL_SPINS,
+             numba.get_num_threads())
+    # every layer through GEMM, then through the other kernel; ConvTranspose's GEMM with col2im on Numba's pool and
+    # on the calling thread, and on one thread, where it runs in chunks of output channels (one channel a chunk here)
+    threads = numba.config.NUMBA_NUM_THREADS  # all of them: more than one on any machine CI runs on
+    paths = [(1, threads, False), (10**9, threads, False)]
+    if transposed:
+        paths += [(1, threads, True), (1, 1, True)]
     try:
-        for threshold, threads in paths:
+        for threshold, count, pool_spins in paths:
             setattr(ops_module, threshold_name, threshold)
-            numba.set_num_threads(threads)
-            ops_module.COLS_CHUNK_BYTES = 1 if threads == 1 else saved_chunk
+            numba.set_num_threads(count)
+            ops_module.COLS_CHUNK_BYTES = 1 if count == 1 else saved[1]
+            ops_module.NUMBA_POOL_SPINS = pool_spins
             result = compare(_function(fusion, transposed)(x, w, b, **attributes), exact, bound=bound)
-            assert result.passed, (threshold, threads, result.summary())
+            assert result.passed, (threshold, count, pool_spins, result.summary())
             if transposed:
                 affine = fusion.scale_affine(rng.uniform(-2, 2, exact.shape[1]), rng.standard_normal(exact.shape[1]))
                 fused = fusion.conv_transpose_channel_affine(x, w, b, affine, **attributes)
@@ -169,9 +173,9 @@ def test_every_kernel_path_matches_the_reference(transposed, data):
                 assert compare(fused, expected, bound=site_bound(x, w, b, affine, transposed=True,
                                                                  **attributes)).passed
     finally:
-        setattr(ops_module, threshold_name, saved)
-        ops_module.COLS_CHUNK_BYTES = saved_chunk
-        numba.set_num_threads(saved_threads)
+        setattr(ops_module, threshold_name, saved[0])
+        ops_module.COLS_CHUNK_BYTES, ops_module.NUMBA_POOL_SPINS = saved[1], saved[2]
+        numba.set_num_threads(saved[3])
 
 
 @pytest.mark.parametrize("group, c_out_g, length", [(8, 1, 3000), (2, 6, 3000), (2, 6, 50)],

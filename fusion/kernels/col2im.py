@@ -82,18 +82,31 @@ def col2im_plane(cols, n, oc, strides, dilations, pads_begin, out):
                     kw += 1
 
 
+@njit(**SERIAL)
+def _col2im_task(cols, b, strides, dilations, pads_begin, apply_affine, mul, sub, add, y, task):
+    """Plane ``task = n * c_out + oc`` of ``col2im_3d``."""
+    c_out = y.shape[1]
+    n, oc = task // c_out, task % c_out
+    out = y[n, oc]
+    out[...] = b[oc]
+    col2im_plane(cols, n, oc, strides, dilations, pads_begin, out)
+    if apply_affine:
+        finish_plane(out, mul[oc], sub[oc], add[oc])
+
+
 @njit(**PARALLEL)
 def col2im_3d(cols, b, strides, dilations, pads_begin, apply_affine, mul, sub, add, y):
     """``y[n, oc] = b[oc] + col2im(cols[n, oc])``, then, if ``apply_affine``, ``(y - sub[oc]) * mul[oc] + add[oc]``
     as each plane is finished. cols: (n, c_out, kd, kh, kw, d, h, w)."""
-    n_batch, c_out = y.shape[0], y.shape[1]
-    for task in prange(n_batch * c_out):
-        n, oc = task // c_out, task % c_out
-        out = y[n, oc]
-        out[...] = b[oc]
-        col2im_plane(cols, n, oc, strides, dilations, pads_begin, out)
-        if apply_affine:
-            finish_plane(out, mul[oc], sub[oc], add[oc])
+    for task in prange(y.shape[0] * y.shape[1]):
+        _col2im_task(cols, b, strides, dilations, pads_begin, apply_affine, mul, sub, add, y, task)
+
+
+@njit(**SERIAL)
+def col2im_3d_serial(cols, b, strides, dilations, pads_begin, apply_affine, mul, sub, add, y):
+    """``col2im_3d`` on the calling thread alone, leaving Numba's thread pool untouched."""
+    for task in range(y.shape[0] * y.shape[1]):
+        _col2im_task(cols, b, strides, dilations, pads_begin, apply_affine, mul, sub, add, y, task)
 
 
 @njit(**PARALLEL)
