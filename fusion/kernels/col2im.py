@@ -109,6 +109,45 @@ def col2im_3d_serial(cols, b, strides, dilations, pads_begin, apply_affine, mul,
         _col2im_task(cols, b, strides, dilations, pads_begin, apply_affine, mul, sub, add, y, task)
 
 
+@njit(**SERIAL)
+def _gather_rows(plane, d_range, h_range, w_range, strides, offsets, target):
+    """``target[o_d, o_h, o_w] = plane[o_d*sd + off_d, o_h*sh + off_h, o_w*sw + off_w]`` over the three ranges."""
+    sd, sh, sw = strides
+    off_d, off_h, off_w = offsets
+    for o_d in range(d_range[0], d_range[1]):
+        for o_h in range(h_range[0], h_range[1]):
+            row_in = plane[o_d * sd + off_d, o_h * sh + off_h]
+            row_out = target[o_d, o_h]
+            for o_w in range(w_range[0], w_range[1]):
+                row_out[uintp(o_w)] = row_in[uintp(o_w * sw + off_w)]
+
+
+@njit(**SERIAL)
+def _gather_row_pairs(plane, d_range, h_range, w_range_a, w_range_b, strides, offsets, target_a, target_b):
+    """``_gather_rows`` for two taps of stride 2 that read neighbouring inputs: ``target_a`` from ``2*o_w + off_w``
+    and ``target_b`` from ``2*o_w + off_w + 1``. Where both are in range, one loop reads the pair, which LLVM
+    vectorizes (a lone stride-2 load it does not); the few edge columns go one by one."""
+    sd, sh, _ = strides
+    off_d, off_h, off_w = offsets
+    lo = max(w_range_a[0], w_range_b[0])
+    hi = max(lo, min(w_range_a[1], w_range_b[1]))
+    for o_d in range(d_range[0], d_range[1]):
+        for o_h in range(h_range[0], h_range[1]):
+            row_in = plane[o_d * sd + off_d, o_h * sh + off_h]
+            row_a, row_b = target_a[o_d, o_h], target_b[o_d, o_h]
+            for o_w in range(lo, hi):
+                row_a[uintp(o_w)] = row_in[uintp(2 * o_w + off_w)]
+                row_b[uintp(o_w)] = row_in[uintp(2 * o_w + off_w + 1)]
+            for o_w in range(w_range_a[0], min(w_range_a[1], lo)):
+                row_a[o_w] = row_in[2 * o_w + off_w]
+            for o_w in range(max(w_range_a[0], hi), w_range_a[1]):
+                row_a[o_w] = row_in[2 * o_w + off_w]
+            for o_w in range(w_range_b[0], min(w_range_b[1], lo)):
+                row_b[o_w] = row_in[2 * o_w + off_w + 1]
+            for o_w in range(max(w_range_b[0], hi), w_range_b[1]):
+                row_b[o_w] = row_in[2 * o_w + off_w + 1]
+
+
 @njit(**PARALLEL)
 def im2col_3d(x, strides, dilations, pads_begin, cols):
     """``cols[n, ci, kd, kh, kw, od, oh, ow] = x[n, ci, od*sd + kd*dd - pd, ...]`` (0 outside); caller allocates."""
@@ -118,23 +157,28 @@ def im2col_3d(x, strides, dilations, pads_begin, cols):
     pd, ph, pw = pads_begin
     in_d, in_h, in_w = x.shape[2], x.shape[3], x.shape[4]
     out_d, out_h, out_w = cols.shape[5], cols.shape[6], cols.shape[7]
+    kernel_w = cols.shape[4]
     for task in prange(n_batch * c_in):
         n, ci = task // c_in, task % c_in
         plane = x[n, ci]
+        cols[n, ci] = 0
         for kd in range(cols.shape[2]):
             off_d = kd * dd - pd
+            d_range = valid_range(off_d, sd, out_d, in_d)
             for kh in range(cols.shape[3]):
                 off_h = kh * dh - ph
-                for kw in range(cols.shape[4]):
+                h_range = valid_range(off_h, sh, out_h, in_h)
+                kw = 0
+                while kw < kernel_w:
                     off_w = kw * dw - pw
-                    w_lo, w_hi = valid_range(off_w, sw, out_w, in_w)
-                    target = cols[n, ci, kd, kh, kw]
-                    target[...] = 0
-                    d_lo, d_hi = valid_range(off_d, sd, out_d, in_d)
-                    h_lo, h_hi = valid_range(off_h, sh, out_h, in_h)
-                    for o_d in range(d_lo, d_hi):
-                        for o_h in range(h_lo, h_hi):
-                            row_in = plane[o_d * sd + off_d, o_h * sh + off_h]
-                            row_out = target[o_d, o_h]
-                            for o_w in range(w_lo, w_hi):
-                                row_out[uintp(o_w)] = row_in[uintp(o_w * sw + off_w)]
+                    w_range = valid_range(off_w, sw, out_w, in_w)
+                    if sw == 2 and dw == 1 and kw + 1 < kernel_w:
+                        # taps kw and kw + 1 read neighbouring inputs: gather both in one loop
+                        _gather_row_pairs(plane, d_range, h_range, w_range, valid_range(off_w + 1, sw, out_w, in_w),
+                                          strides, (off_d, off_h, off_w), cols[n, ci, kd, kh, kw],
+                                          cols[n, ci, kd, kh, kw + 1])
+                        kw += 2
+                    else:
+                        _gather_rows(plane, d_range, h_range, w_range, strides, (off_d, off_h, off_w),
+                                     cols[n, ci, kd, kh, kw])
+                        kw += 1
