@@ -84,10 +84,14 @@ def _lift_ints(values: tuple[int, ...], fill: int) -> tuple[int, int, int]:
     return (fill,) * (3 - len(values)) + tuple(values)
 
 
+def _lifted_geometry(geo: attrs.ConvGeometry) -> tuple[tuple[int, int, int], ...]:
+    """``(strides, dilations, pads_begin)`` lifted to 3 spatial axes, in the kernels' argument order."""
+    return _lift_ints(geo.strides, 1), _lift_ints(geo.dilations, 1), _lift_ints(geo.pads_begin, 0)
+
+
 def _conv_direct(x, w, b, geo: attrs.ConvGeometry) -> np.ndarray:
     y = np.empty((geo.batch, geo.c_out) + geo.output_shape, dtype=x.dtype)
-    conv_3d(_lift(x), _lift(w), b, geo.group, _lift_ints(geo.strides, 1), _lift_ints(geo.dilations, 1),
-            _lift_ints(geo.pads_begin, 0), _lift(y))
+    conv_3d(_lift(x), _lift(w), b, geo.group, *_lifted_geometry(geo), _lift(y))
     return y
 
 
@@ -108,7 +112,7 @@ def _conv_transpose_gemm(x, w, b, geo: attrs.ConvGeometry, affine: ChannelAffine
     w_t = w.reshape(group, c_in_g, c_out_g * taps).transpose(0, 2, 1)
     x_g = x.reshape(geo.batch, group, c_in_g, positions)
     y = np.empty((geo.batch, geo.c_out) + geo.output_shape, dtype=x.dtype)
-    geometry = (_lift_ints(geo.strides, 1), _lift_ints(geo.dilations, 1), _lift_ints(geo.pads_begin, 0))
+    geometry = _lifted_geometry(geo)
     apply_affine, mul, sub, add = _epilogue(affine, geo.c_out)
     cols_shape = _lift_ints(geo.kernel_shape, 1) + _lift_ints(geo.input_shape, 1)
     if numba.get_num_threads() > 1:  # one batched GEMM (on BLAS's threads), then one col2im
@@ -132,9 +136,9 @@ def _conv_transpose_gemm(x, w, b, geo: attrs.ConvGeometry, affine: ChannelAffine
 
 def _conv_transpose_phases(x, w, b, geo: attrs.ConvGeometry, affine: ChannelAffine | None = None) -> np.ndarray:
     """ConvTranspose as a gather over output phases (see ``fusion.kernels.phases``)."""
-    strides = _lift_ints(geo.strides, 1)
-    phase_plan = plan(_lift_ints(geo.input_shape, 1), _lift_ints(geo.kernel_shape, 1), strides,
-                      _lift_ints(geo.dilations, 1), _lift_ints(geo.pads_begin, 0), _lift_ints(geo.output_shape, 1))
+    strides, dilations, pads_begin = _lifted_geometry(geo)
+    phase_plan = plan(_lift_ints(geo.input_shape, 1), _lift_ints(geo.kernel_shape, 1), strides, dilations, pads_begin,
+                      _lift_ints(geo.output_shape, 1))
     if affine is None:
         scale, shift = np.ones(geo.c_out, x.dtype), b
     else:  # (conv + b - sub) * mul + add, the per-channel constants combined in float64 and rounded once each
@@ -160,8 +164,7 @@ def _conv_gemm(x, w, b, geo: attrs.ConvGeometry) -> np.ndarray:
     taps, positions = int(np.prod(geo.kernel_shape)), int(np.prod(geo.output_shape))
     cols = np.empty((geo.batch, geo.c_in) + _lift_ints(geo.kernel_shape, 1) + _lift_ints(geo.output_shape, 1),
                     dtype=x.dtype)
-    im2col_3d(_lift(x), _lift_ints(geo.strides, 1), _lift_ints(geo.dilations, 1), _lift_ints(geo.pads_begin, 0),
-              cols)
+    im2col_3d(_lift(x), *_lifted_geometry(geo), cols)
     # w: (c_out, c_in/group, *k) -> per group (c_out/group, c_in/group * taps)
     y = np.matmul(w.reshape(group, c_out_g, c_in_g * taps)[None],
                   cols.reshape(geo.batch, group, c_in_g * taps, positions))

@@ -281,7 +281,7 @@ def conv_transpose_phases(x, w, scale, shift, group, strides, padded_shape, padd
     padded_length = padded_shape[0] * pitch_h
     blocks_per_group = (c_out_g + 1) // 2
     pad_per_task = blocks_per_group == 1 or c_in_g * padded_length * x.itemsize <= PAD_PER_TASK_BYTES
-    shared = np.empty((n_batch, 0 if pad_per_task else c_in, padded_length), x.dtype)
+    shared = np.empty((n_batch, 0 if pad_per_task else c_in, padded_length), x.dtype)  # empty when unused
     if not pad_per_task:
         for channel in prange(n_batch * c_in):
             n, c = channel // c_in, channel % c_in
