@@ -17,7 +17,9 @@ start = time.perf_counter()
 import numpy as np
 import fusion
 x = np.ones((1, 64, 8, 8), np.float32)
-fusion.conv_transpose(x, np.ones((64, 2, 3, 3), np.float32), strides=[2, 2])            # GEMM + col2im path
+fusion.conv_transpose(np.ones((1, 256, 8, 8), np.float32), np.ones((256, 2, 3, 3), np.float32),
+                      strides=[2, 2])                                                   # GEMM + col2im path
+fusion.conv_transpose(x, np.ones((64, 2, 3, 3), np.float32), strides=[2, 2])            # tiled phase GEMM path
 fusion.conv_transpose(x, np.ones((64, 1, 3, 3), np.float32), group=64, strides=[2, 2])  # phase kernel path
 fusion.batch_norm(x, np.ones(64), np.zeros(64), np.zeros(64), np.ones(64))
 print(time.perf_counter() - start)

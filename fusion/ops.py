@@ -18,15 +18,18 @@ from fusion.kernels.affine import channel_affine_3d
 from fusion.kernels.col2im import col2im_3d, col2im_3d_serial, im2col_3d
 from fusion.kernels.conv import conv_3d
 from fusion.kernels.phases import conv_transpose_phases, plan
+from fusion.kernels.tiles import conv_transpose_tiles
 
 DTYPES = (np.float32, np.float64)
 # Conv: below this many input channels per group a GEMM degenerates (depthwise: outer products) and the direct
 # kernel is faster; at or above it, BLAS does the multiply-adds.
 GEMM_MIN_CHANNELS = 4
-# ConvTranspose: the phase kernel (one vectorized multiply-add per input channel and tap, no cols buffer) wins
-# while a group has few input channels; with many, BLAS's register-blocked GEMM wins despite the col2im pass.
-# The crossover, measured: python benchmarks/crossover.py.
-CONV_TRANSPOSE_GEMM_MIN_CHANNELS = 64
+# ConvTranspose has three kernels; which is fastest depends on the input channels per group (measured:
+# python benchmarks/crossover.py). With few, the phase kernel (one vectorized multiply-add per input channel and
+# tap, two output channels at a time); from CONV_TRANSPOSE_TILES_MIN_CHANNELS, the register-tiled phase GEMM
+# (six output channels at a time); from CONV_TRANSPOSE_GEMM_MIN_CHANNELS, BLAS's GEMM despite its col2im pass.
+CONV_TRANSPOSE_TILES_MIN_CHANNELS = 8
+CONV_TRANSPOSE_GEMM_MIN_CHANNELS = 256
 # ConvTranspose GEMM on one thread: the GEMM runs in chunks of output channels whose cols (about this many bytes)
 # col2im adds up while they are still in cache (measured 0.87-0.93x on the grouped 256->128 k4 decoder; 0.98-1.01x,
 # no change, without groups).
@@ -134,8 +137,9 @@ def _conv_transpose_gemm(x, w, b, geo: attrs.ConvGeometry, affine: ChannelAffine
     return y
 
 
-def _conv_transpose_phases(x, w, b, geo: attrs.ConvGeometry, affine: ChannelAffine | None = None) -> np.ndarray:
-    """ConvTranspose as a gather over output phases (see ``fusion.kernels.phases``)."""
+def _conv_transpose_phases(x, w, b, geo: attrs.ConvGeometry, affine: ChannelAffine | None, tiled: bool) -> np.ndarray:
+    """ConvTranspose as a gather over output phases: ``fusion.kernels.tiles`` if ``tiled``, else
+    ``fusion.kernels.phases``."""
     strides, dilations, pads_begin = _lifted_geometry(geo)
     phase_plan = plan(_lift_ints(geo.input_shape, 1), _lift_ints(geo.kernel_shape, 1), strides, dilations, pads_begin,
                       _lift_ints(geo.output_shape, 1))
@@ -145,17 +149,21 @@ def _conv_transpose_phases(x, w, b, geo: attrs.ConvGeometry, affine: ChannelAffi
         scale = affine.mul.astype(x.dtype)
         shift = ((b.astype(np.float64) - affine.sub) * affine.mul + affine.add).astype(x.dtype)
     y = np.empty((geo.batch, geo.c_out) + geo.output_shape, dtype=x.dtype)
-    conv_transpose_phases(_lift(x), w.reshape(w.shape[0], w.shape[1], -1), scale, shift, geo.group, strides,
-                          phase_plan.padded_shape, phase_plan.padded_offset, phase_plan.phase_origin,
-                          phase_plan.phase_counts, phase_plan.phase_start, phase_plan.tap_index, phase_plan.tap_shift,
-                          phase_plan.accumulator_length, _lift(y))
+    arguments = (_lift(x), w.reshape(w.shape[0], w.shape[1], -1), scale, shift, geo.group, strides,
+                 phase_plan.padded_shape, phase_plan.padded_offset, phase_plan.phase_origin, phase_plan.phase_counts,
+                 phase_plan.phase_start, phase_plan.tap_index, phase_plan.tap_shift)
+    if tiled:
+        conv_transpose_tiles(*arguments, _lift(y))
+    else:
+        conv_transpose_phases(*arguments, phase_plan.accumulator_length, _lift(y))
     return y
 
 
 def _conv_transpose(x, w, b, geo: attrs.ConvGeometry, affine: ChannelAffine | None) -> np.ndarray:
-    if geo.c_in // geo.group >= CONV_TRANSPOSE_GEMM_MIN_CHANNELS:
+    channels_per_group = geo.c_in // geo.group
+    if channels_per_group >= CONV_TRANSPOSE_GEMM_MIN_CHANNELS:
         return _conv_transpose_gemm(x, w, b, geo, affine)
-    return _conv_transpose_phases(x, w, b, geo, affine)
+    return _conv_transpose_phases(x, w, b, geo, affine, tiled=channels_per_group >= CONV_TRANSPOSE_TILES_MIN_CHANNELS)
 
 
 def _conv_gemm(x, w, b, geo: attrs.ConvGeometry) -> np.ndarray:

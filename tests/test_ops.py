@@ -139,8 +139,8 @@ def test_output_dtype_follows_input_and_weights_are_cast():
 def test_every_kernel_path_matches_the_reference(transposed, data):
     """Force each implementation on the same configuration; every one must be within the bound of the reference.
 
-    ConvTranspose: GEMM + col2im (batched with a parallel or a serial col2im, and chunked on one thread) and the phase
-    kernel; Conv: im2col + GEMM and the direct kernel."""
+    ConvTranspose: GEMM + col2im (batched with a parallel or a serial col2im, and chunked on one thread), the tiled
+    phase GEMM and the phase kernel; Conv: im2col + GEMM and the direct kernel."""
     import fusion.ops as ops_module
 
     config = data.draw(conv_configs(transposed=transposed))
@@ -149,23 +149,29 @@ def test_every_kernel_path_matches_the_reference(transposed, data):
     attributes = config["attributes"]
     exact = _function(reference, transposed)(x, w, b, **attributes)
     bound = site_bound(x, w, b, transposed=transposed, **attributes)
-    threshold_name = "CONV_TRANSPOSE_GEMM_MIN_CHANNELS" if transposed else "GEMM_MIN_CHANNELS"
-    saved = (getattr(ops_module, threshold_name), ops_module.COLS_CHUNK_BYTES, ops_module.NUMBA_POOL_SPINS,
+    names = ("CONV_TRANSPOSE_TILES_MIN_CHANNELS", "CONV_TRANSPOSE_GEMM_MIN_CHANNELS") if transposed else \
+        ("GEMM_MIN_CHANNELS",)
+    saved = ([getattr(ops_module, name) for name in names], ops_module.COLS_CHUNK_BYTES, ops_module.NUMBA_POOL_SPINS,
              numba.get_num_threads())
-    # every layer through GEMM, then through the other kernel; ConvTranspose's GEMM with col2im on Numba's pool and
-    # on the calling thread, and on one thread, where it runs in chunks of output channels (one channel a chunk here)
+    # every layer through each kernel (the thresholds that force it); ConvTranspose's GEMM with col2im on Numba's
+    # pool and on the calling thread, and on one thread, where it runs in chunks of output channels (one channel a
+    # chunk here)
     threads = numba.config.NUMBA_NUM_THREADS  # all of them: more than one on any machine CI runs on
-    paths = [(1, threads, False), (10**9, threads, False)]
+    never = 10**9
     if transposed:
-        paths += [(1, threads, True), (1, 1, True)]
+        paths = [((1, 1), threads, False), ((1, never), threads, False), ((never, never), threads, False),
+                 ((1, 1), threads, True), ((1, 1), 1, True)]
+    else:
+        paths = [((1,), threads, False), ((never,), threads, False)]
     try:
-        for threshold, count, pool_spins in paths:
-            setattr(ops_module, threshold_name, threshold)
+        for thresholds, count, pool_spins in paths:
+            for name, threshold in zip(names, thresholds):
+                setattr(ops_module, name, threshold)
             numba.set_num_threads(count)
             ops_module.COLS_CHUNK_BYTES = 1 if count == 1 else saved[1]
             ops_module.NUMBA_POOL_SPINS = pool_spins
             result = compare(_function(fusion, transposed)(x, w, b, **attributes), exact, bound=bound)
-            assert result.passed, (threshold, count, pool_spins, result.summary())
+            assert result.passed, (thresholds, count, pool_spins, result.summary())
             if transposed:
                 affine = fusion.scale_affine(rng.uniform(-2, 2, exact.shape[1]), rng.standard_normal(exact.shape[1]))
                 fused = fusion.conv_transpose_channel_affine(x, w, b, affine, **attributes)
@@ -173,7 +179,8 @@ def test_every_kernel_path_matches_the_reference(transposed, data):
                 assert compare(fused, expected, bound=site_bound(x, w, b, affine, transposed=True,
                                                                  **attributes)).passed
     finally:
-        setattr(ops_module, threshold_name, saved[0])
+        for name, threshold in zip(names, saved[0]):
+            setattr(ops_module, name, threshold)
         ops_module.COLS_CHUNK_BYTES, ops_module.NUMBA_POOL_SPINS = saved[1], saved[2]
         numba.set_num_threads(saved[3])
 
@@ -197,3 +204,56 @@ def test_phase_kernel_input_padding_modes(group, c_out_g, length):
     bound = site_bound(x, w, b, transposed=True, **attributes)
     result = compare(fusion.conv_transpose(x, w, b, **attributes), exact, bound=bound)
     assert result.passed, result.summary()
+
+
+@pytest.mark.parametrize("shape, c_out_g, attributes", [
+    ((2, 22, 40, 15), 7, dict(strides=[1, 2], pads=[1, 0, 2, 1], output_padding=[0, 1])),
+    ((1, 40, 5, 6, 5), 7, dict(strides=[2, 1, 3], pads=[1, 0, 2, 0, 1, 1], dilations=[1, 2, 1])),
+    ((1, 9, 700), 6, dict(group=3, strides=[1], pads=[3, 2])),
+], ids=["2-D: row tiles, k-passes, uneven blocks, bands", "3-D: flat tiles, uneven blocks", "1-D stride 1"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_tiled_kernel_edges(shape, c_out_g, attributes, dtype):
+    """The tiled kernel's edges: output channels that split into blocks of unequal size, more (input channel, tap)
+    pairs than one k-pass (``KC``), tiles along rows and along the flat band, three bands of rows or more, a batch
+    of 2; with the bias and with a BN epilogue."""
+    import fusion.ops as ops_module
+    from fusion import attrs
+    from fusion.kernels.microkernel import MR, VECTOR_BYTES, VECTORS_PER_ROW
+    from fusion.kernels.phases import plan
+    from fusion.kernels.tiles import BAND, KC
+
+    rng = np.random.default_rng(len(shape) * 7 + c_out_g)
+    group = attributes.get("group", 1)
+    x = rng.standard_normal(shape).astype(dtype)
+    kernel = {4: (3, 4), 5: (3, 2, 3), 3: (5,)}[len(shape)]
+    w = rng.standard_normal((shape[1], c_out_g) + kernel).astype(dtype)
+    b = rng.standard_normal(group * c_out_g).astype(dtype)
+    # the case covers what its id says
+    geo = attrs.resolve(x.shape, w.shape, transposed=True, **attributes)
+    phase_plan = plan(*(ops_module._lift_ints(values, fill) for values, fill in [
+        (geo.input_shape, 1), (geo.kernel_shape, 1), (geo.strides, 1), (geo.dilations, 1), (geo.pads_begin, 0),
+        (geo.output_shape, 1)]))
+    pitch_w = phase_plan.padded_shape[2]
+    tile_width = VECTORS_PER_ROW * VECTOR_BYTES // x.itemsize
+    row_tiles = -(-int(phase_plan.phase_counts[:, 2].max()) // tile_width) * tile_width <= pitch_w
+    pairs = (shape[1] // group) * int(np.diff(phase_plan.phase_start).max())
+    bands = int(phase_plan.phase_counts[:, 1].max()) > 2 * max(1, BAND // pitch_w)  # a whole band between two
+    uneven_blocks = c_out_g % -(-c_out_g // MR) != 0
+    covered = {4: (True, True, True, True), 5: (False, True, False, True), 3: (False, False, False, False)}
+    assert (row_tiles, pairs > KC, bands, uneven_blocks) == covered[len(shape)]
+    saved = ops_module.CONV_TRANSPOSE_TILES_MIN_CHANNELS, ops_module.CONV_TRANSPOSE_GEMM_MIN_CHANNELS
+    ops_module.CONV_TRANSPOSE_TILES_MIN_CHANNELS, ops_module.CONV_TRANSPOSE_GEMM_MIN_CHANNELS = 1, 10**9
+    try:
+        exact = reference.conv_transpose(x, w, b, **attributes)
+        result = compare(fusion.conv_transpose(x, w, b, **attributes), exact,
+                         bound=site_bound(x, w, b, transposed=True, dtype=dtype, **attributes))
+        assert result.passed, result.summary()
+        affine = fusion.batch_norm_affine(rng.uniform(0.5, 2, exact.shape[1]), rng.standard_normal(exact.shape[1]),
+                                          rng.standard_normal(exact.shape[1]), rng.uniform(0.5, 2, exact.shape[1]))
+        fused = fusion.conv_transpose_channel_affine(x, w, b, affine, **attributes)
+        expected = reference.channel_affine(exact, affine, node="test")
+        result = compare(fused, expected, bound=site_bound(x, w, b, affine, transposed=True, dtype=dtype,
+                                                           **attributes))
+        assert result.passed, result.summary()
+    finally:
+        ops_module.CONV_TRANSPOSE_TILES_MIN_CHANNELS, ops_module.CONV_TRANSPOSE_GEMM_MIN_CHANNELS = saved

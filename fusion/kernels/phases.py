@@ -110,7 +110,7 @@ def plan(input_shape, kernel_shape, strides, dilations, pads_begin, output_shape
 
 
 @njit(**SERIAL)
-def _pad_channels(x_channels, padded_shape, padded_offset, out):
+def pad_channels(x_channels, padded_shape, padded_offset, out):
     """``out[c]`` = ``x_channels[c]: (d, h, w)`` placed at ``padded_offset`` in zeros of ``padded_shape``, flattened."""
     pd, ph, pw = padded_shape
     od, oh, ow = padded_offset
@@ -230,7 +230,7 @@ def _add_pairs_two(acc_a, acc_b, lo, hi, xp_n, w, j, first_channel, taps_per_cha
 
 
 @njit(**SERIAL)
-def _store_phases(acc, origin, counts, strides, pitch_h, pitch_w, scale, shift, out):
+def store_phases(acc, origin, counts, strides, pitch_h, pitch_w, scale, shift, out):
     """``out[s*m + r] = acc[rw, m_flat] * scale + shift`` for the ``sw`` phases that share one (depth, row) phase.
 
     One call per phase group, not per row: a call per output row cost more than the row's stores. Indices rather
@@ -285,7 +285,7 @@ def conv_transpose_phases(x, w, scale, shift, group, strides, padded_shape, padd
     if not pad_per_task:
         for channel in prange(n_batch * c_in):
             n, c = channel // c_in, channel % c_in
-            _pad_channels(x[n, c:c + 1], padded_shape, padded_offset, shared[n, c:c + 1])
+            pad_channels(x[n, c:c + 1], padded_shape, padded_offset, shared[n, c:c + 1])
     sw = strides[2]
     for task in prange(n_batch * group * blocks_per_group):
         n = task // (group * blocks_per_group)
@@ -297,7 +297,7 @@ def conv_transpose_phases(x, w, scale, shift, group, strides, padded_shape, padd
         acc = np.empty((2, sw, accumulator_length), y.dtype)  # each phase's first pass assigns its span
         if pad_per_task:
             xp = np.empty((c_in_g, padded_length), x.dtype)
-            _pad_channels(x[n, g * c_in_g:(g + 1) * c_in_g], padded_shape, padded_offset, xp)
+            pad_channels(x[n, g * c_in_g:(g + 1) * c_in_g], padded_shape, padded_offset, xp)
             w_task, first_channel = w[g * c_in_g:(g + 1) * c_in_g], 0
         else:
             xp, w_task, first_channel = shared[n], w, g * c_in_g
@@ -322,5 +322,5 @@ def conv_transpose_phases(x, w, scale, shift, group, strides, padded_shape, padd
                         _add_pairs(acc[0, rw], lo, hi, xp, w_task, j, first_channel, taps, c_in_g * taps, phase_index,
                                    phase_shift)
             for e in range(2 if two else 1):
-                _store_phases(acc[e], phase_origin[first], counts, strides, pitch_h, pitch_w, scale[oc + e],
+                store_phases(acc[e], phase_origin[first], counts, strides, pitch_h, pitch_w, scale[oc + e],
                               shift[oc + e], y[n, oc + e])
