@@ -74,10 +74,12 @@ def site_bound(x, w, b=None, affine: ChannelAffine | None = None, *, transposed:
 
 
 def exact_site(x, w, b=None, affine: ChannelAffine | None = None, *, transposed: bool, dtype=np.float32,
-               **attributes) -> tuple[np.ndarray, np.ndarray]:
+               convolution: np.ndarray | None = None, **attributes) -> tuple[np.ndarray, np.ndarray]:
     """``(expected, bound)`` for ``affine(conv(x, w) + b)``: the result computed in float64 (no ``affine``: the
-    convolution alone), and ``site_bound`` for an evaluation of it in ``dtype``."""
-    expected = ops.convolve_float64(x, w, b, transposed=transposed, **attributes)
+    convolution alone), and ``site_bound`` for an evaluation of it in ``dtype``. ``convolution``: ``conv(x, w) + b``
+    in float64, when the caller has computed it already."""
+    expected = ops.convolve_float64(x, w, b, transposed=transposed, **attributes) if convolution is None else \
+        convolution
     if affine is not None:
         expected = ops.channel_affine(expected, affine)
     return expected, site_bound(x, w, b, affine, transposed=transposed, dtype=dtype, **attributes)

@@ -17,9 +17,9 @@ from typing import Callable
 import numpy as np
 import onnx
 
-from fusion import legacy, ops
+from fusion import legacy
 from fusion.affine import batch_norm_affine
-from fusion.bounds import fold_bounds, site_bound
+from fusion.bounds import exact_site, fold_bounds
 from fusion.compare import Comparison, compare
 from fusion.diagnose import matching, per_channel, scale_sources
 from fusion.engines.base import Engine, EngineFailure, EngineParams
@@ -127,8 +127,8 @@ class Reference:
 
 def reference(site: Site, x: np.ndarray) -> Reference:
     conv = site.convolve(x, site.w, site.b)
-    expected = conv if site.affine is None else ops.channel_affine(conv, site.affine)
-    bound = site_bound(x, site.w, site.b, site.affine, transposed=site.transposed, **site.attributes)
+    expected, bound = exact_site(x, site.w, site.b, site.affine, transposed=site.transposed, convolution=conv,
+                                 **site.attributes)
     channels = conv.shape[1]
     if site.affine is None:
         w_f, b_f = site.w.astype(np.float64), (np.zeros(channels) if site.b is None else site.b.astype(np.float64))
