@@ -31,17 +31,17 @@ GEMM_MIN_CHANNELS = 4
 CONV_TRANSPOSE_TILES_MIN_CHANNELS = 8
 CONV_TRANSPOSE_GEMM_MIN_CHANNELS = 256
 # ConvTranspose GEMM on one thread: the GEMM runs in chunks of output channels whose cols (about this many bytes)
-# col2im adds up while they are still in cache (measured 0.87-0.93x on the grouped 256->128 k4 decoder; 0.98-1.01x,
-# no change, without groups).
+# col2im adds up while they are still in cache, and the cols buffer stays this small whatever the layer (on the
+# 256->128 k4 decoder: 13.16 ms against 12.99 unchunked, 13.35 with 1 MiB chunks).
 # Not with more threads: there, alternating BLAS's and Numba's thread pools once per chunk lets the pool that is
 # spin-waiting take the cores from the one at work (measured in a default environment: 30-140 ms against 12).
 COLS_CHUNK_BYTES = 2 << 20
 # Numba's OpenMP workers spin-wait for milliseconds after a parallel region unless OMP_WAIT_POLICY=PASSIVE (read once,
-# when the OpenMP runtime loads), and a spinning pool takes the cores the next BLAS GEMM needs. So with more than one
-# thread the ConvTranspose GEMM path runs col2im on Numba's pool only where that pool does not spin; elsewhere on the
-# calling thread. Measured at 2 threads, default environment: 256->128 decoder 9.7-10.4 ms with the serial col2im
-# against 16.0 with the parallel one (grouped: 4.0-4.2 against 8.0-11.0); with passive pools the parallel one is
-# 0-17% faster.
+# when the OpenMP runtime loads), and OpenBLAS's workers likewise after a GEMM: in a model, each pool takes the cores
+# from the other's next layer. So with more than one thread and spinning pools, ConvTranspose stays on Numba's pool:
+# the tiled kernel also where BLAS would take over. Measured at 2 threads, default environment, the suite's layers
+# in a loop: 256->128 decoder 6.7-6.8 ms on the tiled kernel against 13.2-14.5 on GEMM + col2im, and the grouped
+# decoder after it 1.9 against 2.4-3.2 (with passive pools: 6.9-7.1 and 2.1, GEMM for the first).
 NUMBA_POOL_SPINS = os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE"
 
 
@@ -120,8 +120,7 @@ def _conv_transpose_gemm(x, w, b, geo: attrs.ConvGeometry, affine: ChannelAffine
     cols_shape = _lift_ints(geo.kernel_shape, 1) + _lift_ints(geo.input_shape, 1)
     if numba.get_num_threads() > 1:  # one batched GEMM (on BLAS's threads), then one col2im
         cols = np.matmul(w_t[None], x_g).reshape((geo.batch, geo.c_out) + cols_shape)
-        col2im = col2im_3d_serial if NUMBA_POOL_SPINS else col2im_3d
-        col2im(cols, b, *geometry, apply_affine, mul, sub, add, _lift(y))
+        col2im_3d(cols, b, *geometry, apply_affine, mul, sub, add, _lift(y))
         return y
     chunk = max(1, min(c_out_g, COLS_CHUNK_BYTES // (taps * positions * x.itemsize)))
     cols = np.empty((chunk * taps, positions), x.dtype)
@@ -161,7 +160,8 @@ def _conv_transpose_phases(x, w, b, geo: attrs.ConvGeometry, affine: ChannelAffi
 
 def _conv_transpose(x, w, b, geo: attrs.ConvGeometry, affine: ChannelAffine | None) -> np.ndarray:
     channels_per_group = geo.c_in // geo.group
-    if channels_per_group >= CONV_TRANSPOSE_GEMM_MIN_CHANNELS:
+    pools_apart = numba.get_num_threads() == 1 or not NUMBA_POOL_SPINS
+    if channels_per_group >= CONV_TRANSPOSE_GEMM_MIN_CHANNELS and pools_apart:
         return _conv_transpose_gemm(x, w, b, geo, affine)
     return _conv_transpose_phases(x, w, b, geo, affine, tiled=channels_per_group >= CONV_TRANSPOSE_TILES_MIN_CHANNELS)
 

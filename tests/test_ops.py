@@ -139,8 +139,8 @@ def test_output_dtype_follows_input_and_weights_are_cast():
 def test_every_kernel_path_matches_the_reference(transposed, data):
     """Force each implementation on the same configuration; every one must be within the bound of the reference.
 
-    ConvTranspose: GEMM + col2im (batched with a parallel or a serial col2im, and chunked on one thread), the tiled
-    phase GEMM and the phase kernel; Conv: im2col + GEMM and the direct kernel."""
+    ConvTranspose: GEMM + col2im (batched with a parallel col2im, and chunked on one thread), the tiled phase GEMM
+    and the phase kernel; Conv: im2col + GEMM and the direct kernel."""
     import fusion.ops as ops_module
 
     config = data.draw(conv_configs(transposed=transposed))
@@ -153,14 +153,13 @@ def test_every_kernel_path_matches_the_reference(transposed, data):
         ("GEMM_MIN_CHANNELS",)
     saved = ([getattr(ops_module, name) for name in names], ops_module.COLS_CHUNK_BYTES, ops_module.NUMBA_POOL_SPINS,
              numba.get_num_threads())
-    # every layer through each kernel (the thresholds that force it); ConvTranspose's GEMM with col2im on Numba's
-    # pool and on the calling thread, and on one thread, where it runs in chunks of output channels (one channel a
-    # chunk here)
+    # every layer through each kernel (the thresholds that force it); ConvTranspose's GEMM on all threads and on
+    # one, where it runs in chunks of output channels (one channel a chunk here)
     threads = numba.config.NUMBA_NUM_THREADS  # all of them: more than one on any machine CI runs on
     never = 10**9
     if transposed:
         paths = [((1, 1), threads, False), ((1, never), threads, False), ((never, never), threads, False),
-                 ((1, 1), threads, True), ((1, 1), 1, True)]
+                 ((1, 1), 1, True)]
     else:
         paths = [((1,), threads, False), ((never,), threads, False)]
     try:
@@ -183,6 +182,24 @@ def test_every_kernel_path_matches_the_reference(transposed, data):
             setattr(ops_module, name, threshold)
         ops_module.COLS_CHUNK_BYTES, ops_module.NUMBA_POOL_SPINS = saved[1], saved[2]
         numba.set_num_threads(saved[3])
+
+
+@pytest.mark.parametrize("channels_per_group, threads, pools_spin, kernel", [
+    (4, 2, False, "phases"), (8, 2, False, "tiles"), (255, 1, True, "tiles"), (256, 1, True, "GEMM"),
+    (256, 2, False, "GEMM"), (256, 2, True, "tiles")])
+def test_conv_transpose_kernel_choice(monkeypatch, channels_per_group, threads, pools_spin, kernel):
+    """The kernel follows the input channels per group, except that with several threads and spin-waiting pools
+    ConvTranspose stays off BLAS."""
+    import fusion.ops as ops_module
+
+    chosen = []
+    monkeypatch.setattr(ops_module, "_conv_transpose_gemm", lambda *args: chosen.append("GEMM"))
+    monkeypatch.setattr(ops_module, "_conv_transpose_phases",
+                        lambda *args, tiled: chosen.append("tiles" if tiled else "phases"))
+    monkeypatch.setattr(ops_module, "NUMBA_POOL_SPINS", pools_spin)
+    monkeypatch.setattr(numba, "get_num_threads", lambda: threads)
+    fusion.conv_transpose(np.ones((1, channels_per_group, 3)), np.ones((channels_per_group, 1, 2)))
+    assert chosen == [kernel]
 
 
 @pytest.mark.parametrize("group, c_out_g, length", [(8, 1, 3000), (2, 6, 3000), (2, 6, 50)],
