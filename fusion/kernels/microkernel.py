@@ -11,8 +11,9 @@ packed. The ``rows x NR`` sums stay in vector registers for the whole ``k`` loop
 loads of ``b`` and ``rows`` broadcasts of ``a`` feed ``rows * NR/lanes`` fused multiply-adds.
 
 Why IR: Numba's loop vectorizer keeps no accumulator in a register across a reduction, and LLVM's SLP
-vectorizer did not vectorize the same tile written with scalars (4 GFLOP/s). This one runs at 71 GFLOP/s on one
-core of the development machine (2-core Zen 3, about 95 GFLOP/s float32 peak), 6 x 16 float32, all in cache.
+vectorizer did not vectorize the same tile written with scalars (4 GFLOP/s). This one runs at 75 GFLOP/s on one
+core of the development machine (2-core Zen 3, 101-102 GFLOP/s float32 peak as ``fusion.bench`` measures it),
+6 x 16 float32, all in cache, rows at unaligned offsets.
 ``llvm.fmuladd`` lets LLVM fuse each multiply-add where the CPU has FMA; the order of the sums is fixed, so a
 result is the same from run to run.
 """
@@ -28,7 +29,8 @@ from numba.extending import intrinsic
 from fusion.kernels.config import SERIAL
 
 # Rows of a full tile, and vectors per row: 6 x 2 keeps 12 accumulators, 2 loaded vectors and 1 broadcast in 16
-# vector registers (measured on the development machine, float32 GFLOP/s: 6x2 71, 5x2 55, 4x3 55, 4x2 50, 8x1 44).
+# vector registers (python benchmarks/microkernel.py on the development machine, float32 GFLOP/s: 6x2 75, 5x2 73,
+# 4x3 69, 4x2 68, 3x2 58, 2x2 43, 8x1 43).
 MR = 6
 VECTORS_PER_ROW = 2
 # 32-byte vectors where the CPU has AVX; LLVM splits them on a CPU that has only 16-byte ones.
@@ -40,8 +42,10 @@ def lanes(itemsize: int) -> int:
     return VECTOR_BYTES // itemsize
 
 
-def _tile_intrinsic(rows: int):
-    """The tile for a fixed number of rows (the last block of output channels may have fewer than ``MR``)."""
+def tile_intrinsic(rows: int, vectors: int = VECTORS_PER_ROW, a_stride: int = MR):
+    """The tile for a fixed number of rows (a block of output channels may have fewer than ``MR``); ``vectors`` per
+    row and the packed ``a``'s row length ``a_stride`` other than the defaults only for
+    ``benchmarks/microkernel.py``, which compares tile shapes."""
 
     @intrinsic
     def tile(typingctx, c, c_base, c_pitch, a, a_base, b, b_base, b_offsets, k_first, k_count, accumulate):
@@ -72,17 +76,17 @@ def _tile_intrinsic(rows: int):
                 return builder.bitcast(builder.gep(c_rows[i], [constant(v * width)]), vector_pointer)
 
             # allocas that LLVM's SROA turns into registers
-            sums = [[cgutils.alloca_once(builder, vector) for _ in range(VECTORS_PER_ROW)] for _ in range(rows)]
+            sums = [[cgutils.alloca_once(builder, vector) for _ in range(vectors)] for _ in range(rows)]
             zero = ir.Constant(vector, None)
             with builder.if_else(builder.icmp_unsigned("!=", accumulate, ir.Constant(accumulate.type, 0))) as (
                     add_to_c, overwrite_c):
                 with add_to_c:
                     for i in range(rows):
-                        for v in range(VECTORS_PER_ROW):
+                        for v in range(vectors):
                             builder.store(builder.load(c_vector(i, v), align=1), sums[i][v])
                 with overwrite_c:
                     for i in range(rows):
-                        for v in range(VECTORS_PER_ROW):
+                        for v in range(vectors):
                             builder.store(zero, sums[i][v])
             undefined = ir.Constant(vector, ir.Undefined)
             splat_mask = ir.Constant(ir.VectorType(ir.IntType(32), width), [0] * width)
@@ -90,18 +94,18 @@ def _tile_intrinsic(rows: int):
                 k = builder.add(k_first, loop.index)
                 b_row = builder.gep(b_data, [builder.add(b_base, builder.load(builder.gep(offsets, [k])))])
                 b_vectors = [builder.load(builder.bitcast(builder.gep(b_row, [constant(v * width)]), vector_pointer),
-                                          align=1) for v in range(VECTORS_PER_ROW)]
-                a_row = builder.gep(a_data, [builder.add(a_base, builder.mul(k, constant(MR)))])
+                                          align=1) for v in range(vectors)]
+                a_row = builder.gep(a_data, [builder.add(a_base, builder.mul(k, constant(a_stride)))])
                 for i in range(rows):
                     scalar = builder.load(builder.gep(a_row, [constant(i)]))
                     broadcast = builder.shuffle_vector(
                         builder.insert_element(undefined, scalar, ir.Constant(ir.IntType(32), 0)), undefined,
                         splat_mask)
-                    for v in range(VECTORS_PER_ROW):
+                    for v in range(vectors):
                         builder.store(builder.call(fmuladd, [broadcast, b_vectors[v], builder.load(sums[i][v])]),
                                       sums[i][v])
             for i in range(rows):
-                for v in range(VECTORS_PER_ROW):
+                for v in range(vectors):
                     builder.store(builder.load(sums[i][v]), c_vector(i, v), align=1)
             return context.get_dummy_value()
 
@@ -110,7 +114,7 @@ def _tile_intrinsic(rows: int):
     return tile
 
 
-_tile_1, _tile_2, _tile_3, _tile_4, _tile_5, _tile_6 = (_tile_intrinsic(rows) for rows in range(1, MR + 1))
+_tile_1, _tile_2, _tile_3, _tile_4, _tile_5, _tile_6 = (tile_intrinsic(rows) for rows in range(1, MR + 1))
 
 
 @njit(inline="always", **SERIAL)
