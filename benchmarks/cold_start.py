@@ -1,4 +1,4 @@
-"""Cold start: a fresh process imports fusion and makes its first ConvTranspose call.
+"""Cold start: a fresh process imports fusion and makes its first ConvTranspose and Conv calls.
 
     python benchmarks/cold_start.py
 
@@ -21,6 +21,7 @@ fusion.conv_transpose(np.ones((1, 256, 8, 8), np.float32), np.ones((256, 2, 3, 3
                       strides=[2, 2])                                                   # GEMM + col2im path
 fusion.conv_transpose(x, np.ones((64, 2, 3, 3), np.float32), strides=[2, 2])            # tiled phase GEMM path
 fusion.conv_transpose(x, np.ones((64, 1, 3, 3), np.float32), group=64, strides=[2, 2])  # phase kernel path
+fusion.conv(x, np.ones((64, 32, 3, 3), np.float32), group=2, strides=[2, 2])            # polyphase tiled GEMM path
 fusion.batch_norm(x, np.ones(64), np.zeros(64), np.zeros(64), np.ones(64))
 print(time.perf_counter() - start)
 """
@@ -28,7 +29,8 @@ print(time.perf_counter() - start)
 
 def main() -> int:
     with tempfile.TemporaryDirectory(prefix="fusion-numba-cache-") as cache:
-        env = dict(os.environ, NUMBA_CACHE_DIR=cache)
+        # passive pools, so that the GEMM + col2im path runs (and compiles) at any thread count (fusion.ops)
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache, OMP_WAIT_POLICY="PASSIVE")
         times = []
         for _ in range(4):
             out = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, check=True)

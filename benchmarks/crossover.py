@@ -1,11 +1,13 @@
-"""Where ConvTranspose should switch from the phase kernel to the tiled phase GEMM, and from that to GEMM + col2im.
+"""Where ConvTranspose and Conv should switch kernels, as the input channels per group grow.
 
-    python benchmarks/crossover.py [--repetitions 15] [--threads 1,2]
+    python benchmarks/crossover.py [--repetitions 15] [--threads 1,2] [--ops ConvTranspose,Conv]
 
-Times the three float32 ConvTranspose paths of ``fusion.ops`` on the same layers, interleaved, while the input
-channels per group grow (2-D: 256 -> 256 channels, k4 s2 p1, 32^2; 3-D: 64 -> 64 channels, k3 s2 p1, 12^3). Prints
-medians, min and max, and each path's time over the fastest; ``ops.CONV_TRANSPOSE_TILES_MIN_CHANNELS`` and
-``ops.CONV_TRANSPOSE_GEMM_MIN_CHANNELS`` are chosen from this table.
+Times the float32 paths of ``fusion.ops`` on the same layers, interleaved. ConvTranspose: the phase kernel, the tiled
+phase GEMM and GEMM + col2im (2-D: 256 -> 256 channels, k4 s2 p1, 32^2; 3-D: 64 -> 64 channels, k3 s2 p1, 12^3).
+Conv: the direct kernel, the tiled GEMM on the polyphase split and im2col + GEMM (the same layers mirrored, and a
+2-D 3x3 stride-1 layer). Prints medians, min and max, and each path's time over the fastest; the thresholds
+``ops.CONV_TRANSPOSE_TILES_MIN_CHANNELS``, ``ops.CONV_TRANSPOSE_GEMM_MIN_CHANNELS``, ``ops.CONV_TILES_MIN_CHANNELS``
+and ``ops.CONV_GEMM_MIN_CHANNELS`` are chosen from these tables.
 """
 
 import argparse
@@ -24,38 +26,65 @@ from threadpoolctl import threadpool_limits
 
 from fusion import ops
 
-LAYERS = [  # (label, x shape, channels per group, kernel, strides, pads)
-    *[(f"2-D 256 ch, {c} per group", (1, 256, 32, 32), c, (4, 4), [2, 2], [1] * 4)
-      for c in (4, 8, 16, 32, 64, 128, 256)],
-    *[(f"3-D 64 ch, {c} per group", (1, 64, 12, 12, 12), c, (3, 3, 3), [2] * 3, [1] * 6) for c in (4, 8, 16, 32, 64)],
-]
+LAYERS = {  # op: [(label, x shape, channels per group, kernel, strides, pads)]
+    "ConvTranspose": [
+        *[(f"2-D 256 ch, {c} per group", (1, 256, 32, 32), c, (4, 4), [2, 2], [1] * 4)
+          for c in (4, 8, 16, 32, 64, 128, 256)],
+        *[(f"3-D 64 ch, {c} per group", (1, 64, 12, 12, 12), c, (3, 3, 3), [2] * 3, [1] * 6)
+          for c in (4, 8, 16, 32, 64)]],
+    "Conv": [
+        *[(f"2-D 256 ch k4 s2, {c} per group", (1, 256, 64, 64), c, (4, 4), [2, 2], [1] * 4)
+          for c in (1, 2, 4, 8, 16, 64, 256)],
+        *[(f"2-D {c} ch k3 s1, {c} per group", (1, c, 16, 16), c, (3, 3), [1, 1], [1] * 4) for c in (512, 1024)],
+        *[(f"2-D 256 ch k3 s1, {c} per group", (1, 256, 32, 32), c, (3, 3), [1, 1], [1] * 4)
+          for c in (1, 4, 16, 64, 256)],
+        *[(f"3-D 64 ch k3 s2, {c} per group", (1, 64, 24, 24, 24), c, (3, 3, 3), [2] * 3, [1] * 6)
+          for c in (1, 4, 8, 16, 64)]],
+}
+# Per op, the thresholds that force each path: ConvTranspose (CONV_TRANSPOSE_TILES_MIN_CHANNELS,
+# CONV_TRANSPOSE_GEMM_MIN_CHANNELS), Conv (CONV_TILES_MIN_CHANNELS, CONV_GEMM_MIN_CHANNELS).
+NEVER = 10**9
+PATHS = {
+    "ConvTranspose": {"phases": (NEVER, NEVER), "tiles": (1, NEVER), "GEMM": (1, 1)},
+    "Conv": {"direct": (NEVER, NEVER), "tiles": (1, NEVER), "GEMM": (1, 1)},
+}
+THRESHOLDS = {"ConvTranspose": ("CONV_TRANSPOSE_TILES_MIN_CHANNELS", "CONV_TRANSPOSE_GEMM_MIN_CHANNELS"),
+              "Conv": ("CONV_TILES_MIN_CHANNELS", "CONV_GEMM_MIN_CHANNELS")}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repetitions", type=int, default=15)
     parser.add_argument("--threads", default="1,2")
+    parser.add_argument("--ops", default="ConvTranspose,Conv")
     args = parser.parse_args()
+    for op in args.ops.split(","):
+        table(op, args.repetitions, [int(t) for t in args.threads.split(",")])
+    return 0
+
+
+def table(op: str, repetitions: int, thread_counts: list[int]) -> None:
     rng = np.random.default_rng(0)
-    # (CONV_TRANSPOSE_TILES_MIN_CHANNELS, CONV_TRANSPOSE_GEMM_MIN_CHANNELS) that force each path
-    paths = {"phases": (10**9, 10**9), "tiles": (1, 10**9), "GEMM": (1, 1)}
-    print("| layer | threads | " + " | ".join(f"{name} median ms (min-max)" for name in paths) + " | "
+    paths = PATHS[op]
+    function = ops.conv_transpose if op == "ConvTranspose" else ops.conv
+    print(f"\n{op}\n\n| layer | threads | " + " | ".join(f"{name} median ms (min-max)" for name in paths) + " | "
           + " | ".join(f"{name} / fastest" for name in paths) + " |")
     print("|---|---|" + "---|" * (2 * len(paths)))
-    for threads in (int(t) for t in args.threads.split(",")):
+    for threads in thread_counts:
         numba.set_num_threads(threads)
         with threadpool_limits(threads, user_api="blas"):
-            for label, shape, per_group, kernel, strides, pads in LAYERS:
+            for label, shape, per_group, kernel, strides, pads in LAYERS[op]:
                 channels = shape[1]
                 x = rng.standard_normal(shape).astype(np.float32)
                 w = rng.standard_normal((channels, per_group) + kernel).astype(np.float32)
                 attributes = dict(group=channels // per_group, strides=strides, pads=pads)
                 samples = {name: [] for name in paths}
-                for repetition in range(args.repetitions + 1):
+                for repetition in range(repetitions + 1):
                     for name in (list(paths) if repetition % 2 else list(paths)[::-1]):  # alternate the order
-                        ops.CONV_TRANSPOSE_TILES_MIN_CHANNELS, ops.CONV_TRANSPOSE_GEMM_MIN_CHANNELS = paths[name]
+                        for threshold, value in zip(THRESHOLDS[op], paths[name]):
+                            setattr(ops, threshold, value)
                         start = time.perf_counter()
-                        ops.conv_transpose(x, w, **attributes)
+                        function(x, w, **attributes)
                         if repetition:  # the first round compiles and warms up
                             samples[name].append(time.perf_counter() - start)
                 cells = [f"{1e3 * np.median(s):.2f} ({1e3 * min(s):.2f}-{1e3 * max(s):.2f})" for s in samples.values()]

@@ -18,12 +18,17 @@ from fusion.kernels.affine import channel_affine_3d
 from fusion.kernels.col2im import col2im_3d, col2im_3d_serial, im2col_3d
 from fusion.kernels.conv import conv_3d
 from fusion.kernels.phases import conv_transpose_phases, plan
-from fusion.kernels.tiles import conv_transpose_tiles
+from fusion.kernels.polyphase import split_input, split_plan
+from fusion.kernels.tiles import pack_weights, pad_input, tiled_gemms
 
 DTYPES = (np.float32, np.float64)
-# Conv: below this many input channels per group a GEMM degenerates (depthwise: outer products) and the direct
-# kernel is faster; at or above it, BLAS does the multiply-adds.
-GEMM_MIN_CHANNELS = 4
+# Conv has three kernels too (python benchmarks/crossover.py --ops Conv): the direct kernel for depthwise layers
+# (measured 0.6-0.95x the tiled GEMM's time; 1.1-1.2x on k4 s2 at one thread); from CONV_TILES_MIN_CHANNELS
+# input channels per group the tiled GEMM on the polyphase split of the input (0.25-0.9x im2col + GEMM's time from 2
+# to 128 per group); from CONV_GEMM_MIN_CHANNELS, im2col + BLAS's GEMM (0.95-1.05x at 256 per group, 0.45-0.9x from
+# 512).
+CONV_TILES_MIN_CHANNELS = 2
+CONV_GEMM_MIN_CHANNELS = 256
 # ConvTranspose has three kernels; which is fastest depends on the input channels per group (measured:
 # python benchmarks/crossover.py). With few, the phase kernel (one vectorized multiply-add per input channel and
 # tap, two output channels at a time); from CONV_TRANSPOSE_TILES_MIN_CHANNELS, the register-tiled phase GEMM
@@ -38,8 +43,8 @@ CONV_TRANSPOSE_GEMM_MIN_CHANNELS = 256
 COLS_CHUNK_BYTES = 2 << 20
 # Numba's OpenMP workers spin-wait for milliseconds after a parallel region unless OMP_WAIT_POLICY=PASSIVE (read once,
 # when the OpenMP runtime loads), and OpenBLAS's workers likewise after a GEMM: in a model, each pool takes the cores
-# from the other's next layer. So with more than one thread and spinning pools, ConvTranspose stays on Numba's pool:
-# the tiled kernel also where BLAS would take over. Measured at 2 threads, default environment, the suite's layers
+# from the other's next layer. So with more than one thread and spinning pools, ConvTranspose and Conv stay on Numba's
+# pool: the tiled kernels also where BLAS would take over. Measured at 2 threads, default environment, the suite's layers
 # in a loop: 256->128 decoder 6.7-6.8 ms on the tiled kernel against 13.2-14.5 on GEMM + col2im, and the grouped
 # decoder after it 1.9 against 2.4-3.2 (with passive pools: 6.9-7.1 and 2.1, GEMM for the first).
 NUMBA_POOL_SPINS = os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE"
@@ -148,20 +153,31 @@ def _conv_transpose_phases(x, w, b, geo: attrs.ConvGeometry, affine: ChannelAffi
         scale = affine.mul.astype(x.dtype)
         shift = ((b.astype(np.float64) - affine.sub) * affine.mul + affine.add).astype(x.dtype)
     y = np.empty((geo.batch, geo.c_out) + geo.output_shape, dtype=x.dtype)
-    arguments = (_lift(x), w.reshape(w.shape[0], w.shape[1], -1), scale, shift, geo.group, strides,
-                 phase_plan.padded_shape, phase_plan.padded_offset, phase_plan.phase_origin, phase_plan.phase_counts,
-                 phase_plan.phase_start, phase_plan.tap_index, phase_plan.tap_shift)
+    padded_shape = phase_plan.padded_shape
     if tiled:
-        conv_transpose_tiles(*arguments, _lift(y))
+        c_in_g = geo.c_in // geo.group
+        a = pack_weights(w.reshape(geo.group, c_in_g, w.shape[1], -1), phase_plan.phase_start, phase_plan.tap_index)
+        xp = pad_input(_lift(x), padded_shape, phase_plan.padded_offset)
+        tiled_gemms(xp.reshape(-1), xp.shape[1], padded_shape[1] * padded_shape[2], padded_shape[2], a, c_in_g,
+                    scale, shift, strides,
+                    phase_plan.phase_origin, phase_plan.phase_counts, phase_plan.phase_start, phase_plan.tap_shift,
+                    numba.get_num_threads(), _lift(y))
     else:
-        conv_transpose_phases(*arguments, phase_plan.accumulator_length, _lift(y))
+        conv_transpose_phases(_lift(x), w.reshape(w.shape[0], w.shape[1], -1), scale, shift, geo.group, strides,
+                              padded_shape, phase_plan.padded_offset, phase_plan.phase_origin, phase_plan.phase_counts,
+                              phase_plan.phase_start, phase_plan.tap_index, phase_plan.tap_shift,
+                              phase_plan.accumulator_length, _lift(y))
     return y
+
+
+def _pools_apart() -> bool:
+    """Whether a BLAS call can run between Numba kernels without either thread pool taking the other's cores."""
+    return numba.get_num_threads() == 1 or not NUMBA_POOL_SPINS
 
 
 def _conv_transpose(x, w, b, geo: attrs.ConvGeometry, affine: ChannelAffine | None) -> np.ndarray:
     channels_per_group = geo.c_in // geo.group
-    pools_apart = numba.get_num_threads() == 1 or not NUMBA_POOL_SPINS
-    if channels_per_group >= CONV_TRANSPOSE_GEMM_MIN_CHANNELS and pools_apart:
+    if channels_per_group >= CONV_TRANSPOSE_GEMM_MIN_CHANNELS and _pools_apart():
         return _conv_transpose_gemm(x, w, b, geo, affine)
     return _conv_transpose_phases(x, w, b, geo, affine, tiled=channels_per_group >= CONV_TRANSPOSE_TILES_MIN_CHANNELS)
 
@@ -178,6 +194,24 @@ def _conv_gemm(x, w, b, geo: attrs.ConvGeometry) -> np.ndarray:
                   cols.reshape(geo.batch, group, c_in_g * taps, positions))
     y = y.reshape((geo.batch, geo.c_out) + geo.output_shape)
     y += b.reshape((1, -1) + (1,) * geo.rank)
+    return y
+
+
+def _conv_tiles(x, w, b, geo: attrs.ConvGeometry) -> np.ndarray:
+    """Conv as one register-tiled GEMM over the polyphase split of the input (``fusion.kernels.polyphase``)."""
+    strides, dilations, pads_begin = _lifted_geometry(geo)
+    split = split_plan(_lift_ints(geo.input_shape, 1), _lift_ints(geo.kernel_shape, 1), strides, dilations,
+                       pads_begin, _lift_ints(geo.output_shape, 1))
+    group, c_in_g = geo.group, geo.c_in // geo.group
+    phase_shape = split.phase_shape
+    # (c_out, c_in/group, *k) -> (group, c_in/group, c_out/group, taps), a view: the packing reads it in place
+    a = pack_weights(w.reshape(group, geo.c_out // group, c_in_g, -1).transpose(0, 2, 1, 3), split.phase_start,
+                     split.tap_index)
+    xs = split_input(_lift(x), strides, pads_begin, phase_shape)
+    y = np.empty((geo.batch, geo.c_out) + geo.output_shape, dtype=x.dtype)
+    tiled_gemms(xs.reshape(-1), xs.shape[1], phase_shape[1] * phase_shape[2], phase_shape[2], a, c_in_g,
+                np.ones(geo.c_out, x.dtype), b, (1, 1, 1), split.phase_origin, split.phase_counts, split.phase_start,
+                split.tap_shift, numba.get_num_threads(), _lift(y))
     return y
 
 
@@ -223,8 +257,11 @@ def conv(x, w, b=None, *, group=1, strides=None, pads=None, dilations=None, auto
     """
     x, w, b, geo = _operands(x, w, b, transposed=False, group=group, strides=strides, pads=pads,
                              dilations=dilations, auto_pad=auto_pad, kernel_shape=kernel_shape)
-    if geo.c_in // geo.group >= GEMM_MIN_CHANNELS:
+    channels_per_group = geo.c_in // geo.group
+    if channels_per_group >= CONV_GEMM_MIN_CHANNELS and _pools_apart():
         return _conv_gemm(x, w, b, geo)
+    if channels_per_group >= CONV_TILES_MIN_CHANNELS:
+        return _conv_tiles(x, w, b, geo)
     return _conv_direct(x, w, b, geo)
 
 

@@ -140,7 +140,7 @@ def test_every_kernel_path_matches_the_reference(transposed, data):
     """Force each implementation on the same configuration; every one must be within the bound of the reference.
 
     ConvTranspose: GEMM + col2im (batched with a parallel col2im, and chunked on one thread), the tiled phase GEMM
-    and the phase kernel; Conv: im2col + GEMM and the direct kernel."""
+    and the phase kernel; Conv: im2col + GEMM, the tiled GEMM on the polyphase split, and the direct kernel."""
     import fusion.ops as ops_module
 
     config = data.draw(conv_configs(transposed=transposed))
@@ -150,7 +150,7 @@ def test_every_kernel_path_matches_the_reference(transposed, data):
     exact = _function(reference, transposed)(x, w, b, **attributes)
     bound = site_bound(x, w, b, transposed=transposed, **attributes)
     names = ("CONV_TRANSPOSE_TILES_MIN_CHANNELS", "CONV_TRANSPOSE_GEMM_MIN_CHANNELS") if transposed else \
-        ("GEMM_MIN_CHANNELS",)
+        ("CONV_TILES_MIN_CHANNELS", "CONV_GEMM_MIN_CHANNELS")
     saved = ([getattr(ops_module, name) for name in names], ops_module.COLS_CHUNK_BYTES, ops_module.NUMBA_POOL_SPINS,
              numba.get_num_threads())
     # every layer through each kernel (the thresholds that force it); ConvTranspose's GEMM on all threads and on
@@ -161,7 +161,8 @@ def test_every_kernel_path_matches_the_reference(transposed, data):
         paths = [((1, 1), threads, False), ((1, never), threads, False), ((never, never), threads, False),
                  ((1, 1), 1, True)]
     else:
-        paths = [((1,), threads, False), ((never,), threads, False)]
+        paths = [((1, 1), threads, False), ((1, never), threads, False), ((never, never), threads, False),
+                 ((1, never), 1, False)]
     try:
         for thresholds, count, pool_spins in paths:
             for name, threshold in zip(names, thresholds):
@@ -200,6 +201,67 @@ def test_conv_transpose_kernel_choice(monkeypatch, channels_per_group, threads, 
     monkeypatch.setattr(numba, "get_num_threads", lambda: threads)
     fusion.conv_transpose(np.ones((1, channels_per_group, 3)), np.ones((channels_per_group, 1, 2)))
     assert chosen == [kernel]
+
+
+@pytest.mark.parametrize("channels_per_group, threads, pools_spin, kernel", [
+    (1, 2, False, "direct"), (2, 2, False, "tiles"), (255, 1, True, "tiles"), (256, 1, True, "GEMM"),
+    (256, 2, False, "GEMM"), (256, 2, True, "tiles")])
+def test_conv_kernel_choice(monkeypatch, channels_per_group, threads, pools_spin, kernel):
+    """Conv's kernel follows the input channels per group, and stays off BLAS as ConvTranspose does."""
+    import fusion.ops as ops_module
+
+    chosen = []
+    for name, function in (("direct", "_conv_direct"), ("tiles", "_conv_tiles"), ("GEMM", "_conv_gemm")):
+        monkeypatch.setattr(ops_module, function, lambda *args, name=name: chosen.append(name))
+    monkeypatch.setattr(ops_module, "NUMBA_POOL_SPINS", pools_spin)
+    monkeypatch.setattr(numba, "get_num_threads", lambda: threads)
+    fusion.conv(np.ones((1, 2 * channels_per_group, 3)), np.ones((2, channels_per_group, 2)), group=2)
+    assert chosen == [kernel]
+
+
+@pytest.mark.parametrize("shape, kernel, c_out_g, attributes", [
+    ((2, 24, 64, 48), (3, 4), 7, dict(group=2, strides=[2, 3], dilations=[2, 1], pads=[1, 0, 2, 1])),
+    ((1, 24, 2, 9, 8), (3, 2, 3), 7, dict(group=2, strides=[2, 1, 2], dilations=[1, 2, 1], pads=[5, 1, 0, 0, 0, 1])),
+    ((1, 9, 700), (5,), 6, dict(group=3, strides=[3], dilations=[2], pads=[3, 2])),
+], ids=["2-D: row tiles, k-passes, uneven blocks, bands", "3-D: flat tiles, a tap that reads only padding",
+        "1-D: every residue of stride 3"])
+@pytest.mark.parametrize("threads_hint", [1, 64], ids=["whole tasks", "tasks split into parts"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_polyphase_conv_edges(monkeypatch, shape, kernel, c_out_g, attributes, threads_hint, dtype):
+    """Conv on the tiled GEMM over the polyphase split: strides with dilations (taps of one axis in different
+    phases), asymmetric pads, a tap dropped because it reads only padding, tiles along rows and along the flat band,
+    several bands, more pairs than one k-pass, a batch of 2; and with a thread count that splits each task's output
+    channels into parts (``TASKS_PER_THREAD``)."""
+    import fusion.ops as ops_module
+    from fusion import attrs
+    from fusion.kernels.microkernel import VECTOR_BYTES, VECTORS_PER_ROW
+    from fusion.kernels.polyphase import split_plan
+    from fusion.kernels.tiles import BAND, KC
+
+    rng = np.random.default_rng(len(shape) * 11 + threads_hint)
+    group = attributes["group"]
+    x = rng.standard_normal(shape).astype(dtype)
+    w = rng.standard_normal((group * c_out_g, shape[1] // group) + kernel).astype(dtype)
+    b = rng.standard_normal(group * c_out_g).astype(dtype)
+    # the case covers what its id says
+    geo = attrs.resolve(x.shape, w.shape, transposed=False, **attributes)
+    split = split_plan(*(ops_module._lift_ints(values, fill) for values, fill in [
+        (geo.input_shape, 1), (geo.kernel_shape, 1), (geo.strides, 1), (geo.dilations, 1), (geo.pads_begin, 0),
+        (geo.output_shape, 1)]))
+    pitch_w = split.phase_shape[2]
+    tile_width = VECTORS_PER_ROW * VECTOR_BYTES // x.itemsize
+    row_tiles = -(-geo.output_shape[-1] // tile_width) * tile_width <= pitch_w
+    dropped = split.tap_index.size < int(np.prod(kernel))
+    bands = split.phase_counts[0, 1] > 2 * max(1, BAND // pitch_w)
+    pairs = (shape[1] // group) * split.tap_index.size
+    covered = {4: (True, False, True, True), 5: (False, True, False, True), 3: (False, False, False, False)}
+    assert (row_tiles, dropped, bands, pairs > KC) == covered[len(shape)]
+    monkeypatch.setattr(ops_module, "CONV_TILES_MIN_CHANNELS", 1)
+    monkeypatch.setattr(ops_module, "CONV_GEMM_MIN_CHANNELS", 10**9)
+    monkeypatch.setattr(numba, "get_num_threads", lambda: threads_hint)
+    result = compare(fusion.conv(x, w, b, **attributes), reference.conv(x, w, b, **attributes),
+                     bound=site_bound(x, w, b, transposed=False, dtype=dtype, **attributes))
+    assert result.passed, result.summary()
 
 
 @pytest.mark.parametrize("group, c_out_g, length", [(8, 1, 3000), (2, 6, 3000), (2, 6, 50)],

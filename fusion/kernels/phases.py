@@ -272,7 +272,7 @@ def conv_transpose_phases(x, w, scale, shift, group, strides, padded_shape, padd
     in cache (measured 0.72-0.88x on depthwise 128 k4 s2 64^2). Where several tasks read a large group, padding
     per task repeats the copy (1.15-1.2x on 64 input channels per group), so a first parallel loop pads the input
     once for all."""
-    n_batch, c_out = y.shape[0], y.shape[1]
+    n_batch = y.shape[0]
     c_in = x.shape[1]
     c_out_g = w.shape[1]
     c_in_g = c_in // group

@@ -1,15 +1,17 @@
-"""ConvTranspose as one register-tiled GEMM per output phase, on 3 spatial axes.
+"""Register-tiled GEMMs on an input laid out flat: ConvTranspose per output phase, and Conv, on 3 spatial axes.
 
-The decomposition is ``fusion.kernels.phases``' (read its docstring): output phase ``r`` is
+ConvTranspose's decomposition is ``fusion.kernels.phases``' (read its docstring): output phase ``r`` is
 ``y_r[oc, m] = sum over (ci, tap of r) w[ci, j, tap] * xp[ci, m_flat + shift(tap)]`` on the zero-padded input
-``xp``, with ``m_flat`` in the padded row pitches. Read as a GEMM with ``k = (ci, tap)``: ``A[j, k]`` is the
-weight, packed in blocks of up to ``MR`` output channels; ``B[k, m] = xp[ci, m + shift]`` is a row of the padded
-input at an offset, never copied; ``C`` is a task's accumulator. ``fusion.kernels.microkernel.tile`` computes
-(block) x ``NR`` of ``C`` in registers. Against ``phases``, each loaded input vector feeds up to ``MR`` output
-channels instead of two; against GEMM + col2im there is no ``cols`` buffer and no scatter.
+``xp`` (``pad_input``), with ``m_flat`` in the padded row pitches. Conv is the same sum with one phase on the
+polyphase split of its input (``fusion.kernels.polyphase``). Read as a GEMM with ``k = (ci, tap)``: ``A[j, k]`` is the
+weight, packed in blocks of up to ``MR`` output channels (``pack_weights``); ``B[k, m] = xp[ci, m + shift]`` is a row
+of the laid-out input at an offset, never copied; ``C`` is a task's accumulator. ``fusion.kernels.microkernel.tile``
+computes (block) x ``NR`` of ``C`` in registers. Against ``phases``, each loaded input vector feeds up to ``MR``
+output channels instead of two; against GEMM + col2im (or im2col + GEMM) there is no ``cols`` buffer.
 
-A task owns the outputs of one (batch, group, row phase, depth, band of rows): every output channel of the group,
-for the ``strides[2]`` phases that interleave along a row. No two tasks write the same element.
+A task owns the outputs of one (batch, group, row phase, depth, band of rows), for the ``strides[2]`` phases that
+interleave along a row: every output channel of the group, or one part of them when there are too few tasks for the
+threads. No two tasks write the same element.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ KC = 128
 # Flat positions (in the padded pitches) a task covers per phase, about: its C, (phases along a row) x (output
 # channels of the group) x BAND, stays in L2.
 BAND = 256
+# Parallel tasks wanted per thread: with fewer, the last task of the busiest thread leaves the others idle.
+TASKS_PER_THREAD = 4
 
 
 @njit(inline="always", **SERIAL)
@@ -39,62 +43,85 @@ def _block(block, blocks, channels):
 
 
 @njit(**SERIAL)
-def _pack_weights(w_group, phase_taps, blocks, out):
-    """``out[block, k*MR + i] = w_group[ci, first + i, phase_taps[t]]`` with ``k = ci*taps + t`` for the block's
-    channels ``first + i`` (``_block``); 0 in the unused rows. ``w_group: (c_in/group, c_out/group, taps)``."""
+def _pack_block(w_group, phase_taps, block, blocks, out):
+    """``out[k*MR + i] = w_group[ci, first + i, phase_taps[t]]`` with ``k = ci*taps + t`` for the channels
+    ``first + i`` of block ``block`` (``_block``); 0 in the unused rows.
+    ``w_group: (c_in/group, c_out/group, taps)``."""
     taps = phase_taps.shape[0]
     c_in_g, c_out_g = w_group.shape[0], w_group.shape[1]
-    for block in range(blocks):
-        first, rows = _block(block, blocks, c_out_g)
-        for ci in range(c_in_g):
-            for t in range(taps):
-                k = ci * taps + t
-                for i in range(MR):
-                    out[block, k * MR + i] = w_group[ci, first + i, phase_taps[t]] if i < rows else 0
+    first, rows = _block(block, blocks, c_out_g)
+    for ci in range(c_in_g):
+        for t in range(taps):
+            k = ci * taps + t
+            for i in range(MR):
+                out[k * MR + i] = w_group[ci, first + i, phase_taps[t]] if i < rows else 0
 
 
 @njit(**PARALLEL)
-def conv_transpose_tiles(x, w, scale, shift, group, strides, padded_shape, padded_offset, phase_origin, phase_counts,
-                         phase_start, tap_index, tap_shift, y):
-    """``y[:, oc] = ConvTranspose(x, w)[:, oc] * scale[oc] + shift[oc]`` (the epilogue as in
-    ``fusion.kernels.phases.conv_transpose_phases``, which takes the same arguments and tables from ``plan``).
+def pack_weights(w, phase_start, tap_index):
+    """Every (group, phase)'s ``A``: ``a[g, r, block, k*MR + i]`` is ``w[g, ci, first + i, tap]`` for the ``k``-th
+    (input channel ``ci``, tap of phase ``r``) pair and the block's channels ``first + i``.
 
-    ``x: (n, c_in, d, h, w)``; ``w: (c_in, c_out/group, taps)``; ``y: (n, c_out, od, oh, ow)``."""
-    n_batch, c_in = x.shape[0], x.shape[1]
-    c_out_g = w.shape[1]
-    c_in_g = c_in // group
-    nr = VECTORS_PER_ROW * (VECTOR_BYTES // x.itemsize)
-    pitch_w = padded_shape[2]
-    pitch_h = padded_shape[1] * pitch_w
-    length = padded_shape[0] * pitch_h
-    phases = phase_origin.shape[0]
+    ``w: (group, c_in/group, c_out/group, taps)``, any strides (ConvTranspose's weight, or a transposed view of
+    Conv's)."""
+    group, c_in_g, c_out_g = w.shape[0], w.shape[1], w.shape[2]
+    phases = phase_start.shape[0] - 1
     blocks = (c_out_g + MR - 1) // MR
-
-    # The padded input, flat, with spare zero rows after it: a tile reads up to NR - 1 positions past the last
-    # output it keeps.
-    spare = 1 + nr // length
-    xp = np.empty((n_batch * c_in + spare, length), x.dtype)
-    xp[n_batch * c_in:] = 0
-    for channel in prange(n_batch * c_in):
-        n, c = channel // c_in, channel % c_in
-        pad_channels(x[n, c:c + 1], padded_shape, padded_offset, xp[channel:channel + 1])
-    b = xp.reshape(-1)
-
     most_taps = 0
     for r in range(phases):
         most_taps = max(most_taps, phase_start[r + 1] - phase_start[r])
-    k_most = c_in_g * most_taps
-    offsets = np.empty((phases, max(1, k_most)), np.int64)  # B's row k of phase r: xp[ci] shifted by the tap
+    a = np.empty((group, phases, blocks, max(1, c_in_g * most_taps) * MR), w.dtype)
+    for packed in prange(group * phases * blocks):
+        block = packed % blocks
+        g, r = packed // blocks // phases, packed // blocks % phases
+        _pack_block(w[g], tap_index[phase_start[r]:phase_start[r + 1]], block, blocks, a[g, r, block])
+    return a
+
+
+@njit(**SERIAL)
+def spared_buffer(channels, length, like):
+    """An uninitialized ``(channels + spare, length)`` buffer of ``like``'s dtype whose spare rows are zero: a tile
+    reads up to ``NR - 1`` positions past the last output it keeps."""
+    nr = VECTORS_PER_ROW * (VECTOR_BYTES // like.itemsize)
+    spare = 1 + nr // length
+    buffer = np.empty((channels + spare, length), like.dtype)
+    buffer[channels:] = 0
+    return buffer
+
+
+@njit(**PARALLEL)
+def pad_input(x, padded_shape, padded_offset):
+    """Every channel of ``x: (n, c_in, d, h, w)`` zero-padded (``fusion.kernels.phases.pad_channels``), flat, one
+    after another, in a ``spared_buffer``."""
+    n_batch, c_in = x.shape[0], x.shape[1]
+    xp = spared_buffer(n_batch * c_in, padded_shape[0] * padded_shape[1] * padded_shape[2], x)
+    for channel in prange(n_batch * c_in):
+        n, c = channel // c_in, channel % c_in
+        pad_channels(x[n, c:c + 1], padded_shape, padded_offset, xp[channel:channel + 1])
+    return xp
+
+
+@njit(**PARALLEL)
+def tiled_gemms(b, channel_length, pitch_h, pitch_w, a, c_in_g, scale, shift, strides, phase_origin, phase_counts,
+                phase_start, tap_shift, threads, y):
+    """``y[n, g*c_out/group + j, strides*m + phase_origin[r]] = C[j, m_flat] * scale + shift`` for every output phase
+    ``r``, where ``C = A B`` with ``A = a[g, r]`` (``pack_weights``) and ``B[k, m_flat] = b[(n*c_in + g*c_in/group
+    + ci) * channel_length + tap_shift[t] + m_flat]`` for the ``k``-th (``ci``, tap ``t`` of phase ``r``) pair: the
+    input laid out flat, channel after channel (``pad_input``, ``fusion.kernels.polyphase.split_input``), with row
+    pitches ``pitch_h, pitch_w``. ``y: (n, c_out, od, oh, ow)``; ``threads``: Numba's thread count (read by the
+    caller: reading it in compiled code keeps Numba from caching it). Called from Python, not from another kernel,
+    so that it is compiled once rather than once into each caller."""
+    group, phases, blocks = a.shape[0], a.shape[1], a.shape[2]
+    n_batch, c_out_g = y.shape[0], y.shape[1] // group
+    c_in = group * c_in_g
+    nr = VECTORS_PER_ROW * (VECTOR_BYTES // y.itemsize)
+    a_flat = a.reshape(-1)
+    offsets = np.empty((phases, a.shape[3] // MR), np.int64)  # B's row k of phase r: channel ci shifted by the tap
     for r in range(phases):
         taps = phase_start[r + 1] - phase_start[r]
         for ci in range(c_in_g):
             for t in range(taps):
-                offsets[r, ci * taps + t] = ci * length + tap_shift[phase_start[r] + t]
-    a = np.empty((group, phases, blocks, max(1, k_most) * MR), w.dtype)
-    for gr in prange(group * phases):
-        g, r = gr // phases, gr % phases
-        _pack_weights(w[g * c_in_g:(g + 1) * c_in_g], tap_index[phase_start[r]:phase_start[r + 1]], blocks, a[g, r])
-    a_flat = a.reshape(-1)
+                offsets[r, ci * taps + t] = ci * channel_length + tap_shift[phase_start[r] + t]
 
     sw = strides[2]
     row_phases = phases // sw
@@ -103,9 +130,17 @@ def conv_transpose_tiles(x, w, scale, shift, group, strides, padded_shape, padde
         most_d, most_h = max(most_d, phase_counts[r, 0]), max(most_h, phase_counts[r, 1])
     band_rows = max(1, BAND // pitch_w)
     bands = (most_h + band_rows - 1) // band_rows
-    for task in prange(n_batch * group * row_phases * most_d * bands):
-        band = task % bands
-        rest = task // bands
+    tasks = n_batch * group * row_phases * most_d * bands
+    # Too few tasks to keep every thread busy to the end (a layer of one group and few rows): each task's blocks of
+    # output channels are split into parts, which re-read the task's input panels.
+    parts = 1
+    while tasks * parts < TASKS_PER_THREAD * threads and parts < blocks:
+        parts += 1
+    for task in prange(tasks * parts):
+        part = task % parts
+        rest = task // parts
+        band = rest % bands
+        rest //= bands
         md = rest % most_d
         rest //= most_d
         first = (rest % row_phases) * sw
@@ -129,22 +164,26 @@ def conv_transpose_tiles(x, w, scale, shift, group, strides, padded_shape, padde
         flat_tiles = (span + nr - 1) // nr
         span = flat_tiles * nr
         position_tiles = (h1 - h0) * row_tiles if along_rows else flat_tiles
-        acc = np.empty((sw, c_out_g, span), y.dtype)
+        block_lo, block_hi = part * blocks // parts, (part + 1) * blocks // parts
+        channel_lo = _block(block_lo, blocks, c_out_g)[0]
+        last_first, last_rows = _block(block_hi - 1, blocks, c_out_g)
+        channels = last_first + last_rows - channel_lo
+        acc = np.empty((sw, channels, span), y.dtype)
         c = acc.reshape(-1)
         start = md * pitch_h + h0 * pitch_w
-        b_base = (n * c_in + g * c_in_g) * length + start
+        b_base = (n * c_in + g * c_in_g) * channel_length + start
         for rw in range(sw):
             r = first + rw
             if counts[rw, 2] == 0:
                 continue
             k_count = c_in_g * (phase_start[r + 1] - phase_start[r])
             a_base = ((g * phases + r) * blocks) * a.shape[3]
-            for q in range(position_tiles):
-                p = (q // row_tiles) * pitch_w + (q % row_tiles) * nr if along_rows else q * nr
-                for k_first in range(0, max(1, k_count), KC):
-                    for block in range(blocks):
+            for k_first in range(0, max(1, k_count), KC):
+                for q in range(position_tiles):
+                    p = (q // row_tiles) * pitch_w + (q % row_tiles) * nr if along_rows else q * nr
+                    for block in range(block_lo, block_hi):
                         first_channel, rows = _block(block, blocks, c_out_g)
-                        tile(rows, c, (rw * c_out_g + first_channel) * span + p, span, a_flat,
+                        tile(rows, c, (rw * channels + first_channel - channel_lo) * span + p, span, a_flat,
                              a_base + block * a.shape[3], b, b_base + p, offsets[r], k_first,
                              min(KC, k_count - k_first), k_first > 0)
         band_counts = counts.copy()
@@ -153,6 +192,6 @@ def conv_transpose_tiles(x, w, scale, shift, group, strides, padded_shape, padde
         origin = phase_origin[first].copy()
         origin[0] += strides[0] * md
         origin[1] += strides[1] * h0
-        for j in range(c_out_g):
-            oc = g * c_out_g + j
+        for j in range(channels):
+            oc = g * c_out_g + channel_lo + j
             store_phases(acc[:, j], origin, band_counts, strides, 0, pitch_w, scale[oc], shift[oc], y[n, oc])
