@@ -2,10 +2,10 @@
 
     python benchmarks/microkernel.py [--repetitions 7]
 
-Each shape (rows x vectors of 8 floats) computes a 256-deep multiply-add for 36-40 output rows and 1072 positions,
-its input rows at offsets that are not multiples of a vector (as in ``fusion.kernels.tiles``). Prints the best and
-median of the repetitions next to the measured float32 peak; ``microkernel.MR`` and ``VECTORS_PER_ROW`` are chosen
-from this table.
+Each shape (rows x vectors of the CPU's width: 8 floats with AVX, 16 with AVX-512) computes a 256-deep multiply-add
+for 36-40 output rows and 1072 positions, its input rows at offsets that are not multiples of a vector (as in
+``fusion.kernels.tiles``). Prints the best and median of the repetitions next to the measured float32 peak;
+``microkernel.MR`` and ``VECTORS_PER_ROW`` are chosen from this table.
 """
 
 import argparse

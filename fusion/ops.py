@@ -22,19 +22,24 @@ from fusion.kernels.polyphase import split_input, split_plan
 from fusion.kernels.tiles import pack_weights, pad_input, tiled_gemms
 
 DTYPES = (np.float32, np.float64)
-# Conv has three kernels too (python benchmarks/crossover.py --ops Conv): the direct kernel for depthwise layers
-# (measured 0.6-0.95x the tiled GEMM's time; 1.1-1.2x on k4 s2 at one thread); from CONV_TILES_MIN_CHANNELS
-# input channels per group the tiled GEMM on the polyphase split of the input (0.25-0.9x im2col + GEMM's time from 2
-# to 128 per group); from CONV_GEMM_MIN_CHANNELS, im2col + BLAS's GEMM (0.95-1.05x at 256 per group, 0.45-0.9x from
-# 512).
-CONV_TILES_MIN_CHANNELS = 2
-CONV_GEMM_MIN_CHANNELS = 256
 # ConvTranspose has three kernels; which is fastest depends on the input channels per group (measured:
 # python benchmarks/crossover.py). With few, the phase kernel (one vectorized multiply-add per input channel and
 # tap, two output channels at a time); from CONV_TRANSPOSE_TILES_MIN_CHANNELS, the register-tiled phase GEMM
-# (six output channels at a time); from CONV_TRANSPOSE_GEMM_MIN_CHANNELS, BLAS's GEMM despite its col2im pass.
+# (up to six output channels at a time); from CONV_TRANSPOSE_GEMM_MIN_CHANNELS, BLAS's GEMM despite its col2im pass,
+# but only where the layer has fewer than TILES_MIN_POSITIONS positions per output phase.
 CONV_TRANSPOSE_TILES_MIN_CHANNELS = 8
 CONV_TRANSPOSE_GEMM_MIN_CHANNELS = 256
+# Conv has three kernels too (python benchmarks/crossover.py --ops Conv): the direct kernel for depthwise layers
+# (measured 0.6-0.95x the tiled GEMM's time; 1.1-1.2x on k4 s2 at one thread); from CONV_TILES_MIN_CHANNELS
+# input channels per group the tiled GEMM on the polyphase split of the input (0.25-0.9x im2col + GEMM's time from 2
+# to 128 per group); from CONV_GEMM_MIN_CHANNELS, im2col + BLAS's GEMM where the layer has fewer than
+# TILES_MIN_POSITIONS output positions.
+CONV_TILES_MIN_CHANNELS = 2
+CONV_GEMM_MIN_CHANNELS = 256
+# The tiled kernels read their packed weights once per band of positions, BLAS's GEMM blocks them: with many weights
+# per position BLAS wins. Measured with 512-bit tiles at 256-1024 input channels per group: on 8^2 and 16^2 positions
+# BLAS took 0.4-0.92x the tiled kernels' time; on 32^2, 0.97-1.17x (the 256->128 k4 decoder: 1.09-1.17x).
+TILES_MIN_POSITIONS = 1024
 # ConvTranspose GEMM on one thread: the GEMM runs in chunks of output channels whose cols (about this many bytes)
 # col2im adds up while they are still in cache, and the cols buffer stays this small whatever the layer (on the
 # 256->128 k4 decoder: 13.16 ms against 12.99 unchunked, 13.35 with 1 MiB chunks).
@@ -177,7 +182,8 @@ def _pools_apart() -> bool:
 
 def _conv_transpose(x, w, b, geo: attrs.ConvGeometry, affine: ChannelAffine | None) -> np.ndarray:
     channels_per_group = geo.c_in // geo.group
-    if channels_per_group >= CONV_TRANSPOSE_GEMM_MIN_CHANNELS and _pools_apart():
+    few_positions = int(np.prod(geo.input_shape)) < TILES_MIN_POSITIONS  # each phase has about as many as the input
+    if channels_per_group >= CONV_TRANSPOSE_GEMM_MIN_CHANNELS and few_positions and _pools_apart():
         return _conv_transpose_gemm(x, w, b, geo, affine)
     return _conv_transpose_phases(x, w, b, geo, affine, tiled=channels_per_group >= CONV_TRANSPOSE_TILES_MIN_CHANNELS)
 
@@ -258,7 +264,8 @@ def conv(x, w, b=None, *, group=1, strides=None, pads=None, dilations=None, auto
     x, w, b, geo = _operands(x, w, b, transposed=False, group=group, strides=strides, pads=pads,
                              dilations=dilations, auto_pad=auto_pad, kernel_shape=kernel_shape)
     channels_per_group = geo.c_in // geo.group
-    if channels_per_group >= CONV_GEMM_MIN_CHANNELS and _pools_apart():
+    few_positions = int(np.prod(geo.output_shape)) < TILES_MIN_POSITIONS
+    if channels_per_group >= CONV_GEMM_MIN_CHANNELS and few_positions and _pools_apart():
         return _conv_gemm(x, w, b, geo)
     if channels_per_group >= CONV_TILES_MIN_CHANNELS:
         return _conv_tiles(x, w, b, geo)

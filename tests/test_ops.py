@@ -185,12 +185,12 @@ def test_every_kernel_path_matches_the_reference(transposed, data):
         numba.set_num_threads(saved[3])
 
 
-@pytest.mark.parametrize("channels_per_group, threads, pools_spin, kernel", [
-    (4, 2, False, "phases"), (8, 2, False, "tiles"), (255, 1, True, "tiles"), (256, 1, True, "GEMM"),
-    (256, 2, False, "GEMM"), (256, 2, True, "tiles")])
-def test_conv_transpose_kernel_choice(monkeypatch, channels_per_group, threads, pools_spin, kernel):
-    """The kernel follows the input channels per group, except that with several threads and spin-waiting pools
-    ConvTranspose stays off BLAS."""
+@pytest.mark.parametrize("channels_per_group, positions, threads, pools_spin, kernel", [
+    (4, 3, 2, False, "phases"), (8, 3, 2, False, "tiles"), (255, 3, 1, True, "tiles"), (256, 3, 1, True, "GEMM"),
+    (256, 3, 2, False, "GEMM"), (256, 3, 2, True, "tiles"), (256, 1024, 1, False, "tiles")])
+def test_conv_transpose_kernel_choice(monkeypatch, channels_per_group, positions, threads, pools_spin, kernel):
+    """The kernel follows the input channels per group and, for BLAS, the positions, except that with several
+    threads and spin-waiting pools ConvTranspose stays off BLAS."""
     import fusion.ops as ops_module
 
     chosen = []
@@ -199,15 +199,16 @@ def test_conv_transpose_kernel_choice(monkeypatch, channels_per_group, threads, 
                         lambda *args, tiled: chosen.append("tiles" if tiled else "phases"))
     monkeypatch.setattr(ops_module, "NUMBA_POOL_SPINS", pools_spin)
     monkeypatch.setattr(numba, "get_num_threads", lambda: threads)
-    fusion.conv_transpose(np.ones((1, channels_per_group, 3)), np.ones((channels_per_group, 1, 2)))
+    fusion.conv_transpose(np.ones((1, channels_per_group, positions)), np.ones((channels_per_group, 1, 2)))
     assert chosen == [kernel]
 
 
-@pytest.mark.parametrize("channels_per_group, threads, pools_spin, kernel", [
-    (1, 2, False, "direct"), (2, 2, False, "tiles"), (255, 1, True, "tiles"), (256, 1, True, "GEMM"),
-    (256, 2, False, "GEMM"), (256, 2, True, "tiles")])
-def test_conv_kernel_choice(monkeypatch, channels_per_group, threads, pools_spin, kernel):
-    """Conv's kernel follows the input channels per group, and stays off BLAS as ConvTranspose does."""
+@pytest.mark.parametrize("channels_per_group, positions, threads, pools_spin, kernel", [
+    (1, 2, 2, False, "direct"), (2, 2, 2, False, "tiles"), (255, 2, 1, True, "tiles"), (256, 2, 1, True, "GEMM"),
+    (256, 2, 2, False, "GEMM"), (256, 2, 2, True, "tiles"), (256, 1024, 1, False, "tiles")])
+def test_conv_kernel_choice(monkeypatch, channels_per_group, positions, threads, pools_spin, kernel):
+    """Conv's kernel follows the input channels per group and, for BLAS, the output positions, and stays off BLAS as
+    ConvTranspose does."""
     import fusion.ops as ops_module
 
     chosen = []
@@ -215,13 +216,13 @@ def test_conv_kernel_choice(monkeypatch, channels_per_group, threads, pools_spin
         monkeypatch.setattr(ops_module, function, lambda *args, name=name: chosen.append(name))
     monkeypatch.setattr(ops_module, "NUMBA_POOL_SPINS", pools_spin)
     monkeypatch.setattr(numba, "get_num_threads", lambda: threads)
-    fusion.conv(np.ones((1, 2 * channels_per_group, 3)), np.ones((2, channels_per_group, 2)), group=2)
+    fusion.conv(np.ones((1, 2 * channels_per_group, positions + 1)), np.ones((2, channels_per_group, 2)), group=2)
     assert chosen == [kernel]
 
 
 @pytest.mark.parametrize("shape, kernel, c_out_g, attributes", [
-    ((2, 24, 64, 48), (3, 4), 7, dict(group=2, strides=[2, 3], dilations=[2, 1], pads=[1, 0, 2, 1])),
-    ((1, 24, 2, 9, 8), (3, 2, 3), 7, dict(group=2, strides=[2, 1, 2], dilations=[1, 2, 1], pads=[5, 1, 0, 0, 0, 1])),
+    ((2, 24, 64, 96), (3, 4), 7, dict(group=2, strides=[2, 3], dilations=[2, 1], pads=[1, 0, 2, 1])),
+    ((1, 24, 2, 9, 10), (3, 2, 3), 7, dict(group=2, strides=[2, 1, 2], dilations=[1, 2, 1], pads=[5, 1, 0, 0, 0, 1])),
     ((1, 9, 700), (5,), 6, dict(group=3, strides=[3], dilations=[2], pads=[3, 2])),
 ], ids=["2-D: row tiles, k-passes, uneven blocks, bands", "3-D: flat tiles, a tap that reads only padding",
         "1-D: every residue of stride 3"])
@@ -254,7 +255,7 @@ def test_polyphase_conv_edges(monkeypatch, shape, kernel, c_out_g, attributes, t
     dropped = split.tap_index.size < int(np.prod(kernel))
     bands = split.phase_counts[0, 1] > 2 * max(1, BAND // pitch_w)
     pairs = (shape[1] // group) * split.tap_index.size
-    covered = {4: (True, False, True, True), 5: (False, True, False, True), 3: (False, False, False, False)}
+    covered = {4: (True, False, True, True), 5: (False, True, False, True), 3: (False, False, False, False)}  # any width
     assert (row_tiles, dropped, bands, pairs > KC) == covered[len(shape)]
     monkeypatch.setattr(ops_module, "CONV_TILES_MIN_CHANNELS", 1)
     monkeypatch.setattr(ops_module, "CONV_GEMM_MIN_CHANNELS", 10**9)
@@ -286,8 +287,8 @@ def test_phase_kernel_input_padding_modes(group, c_out_g, length):
 
 
 @pytest.mark.parametrize("shape, c_out_g, attributes", [
-    ((2, 22, 40, 15), 7, dict(strides=[1, 2], pads=[1, 0, 2, 1], output_padding=[0, 1])),
-    ((1, 40, 5, 6, 5), 7, dict(strides=[2, 1, 3], pads=[1, 0, 2, 0, 1, 1], dilations=[1, 2, 1])),
+    ((2, 22, 40, 31), 7, dict(strides=[1, 2], pads=[1, 0, 2, 1], output_padding=[0, 1])),
+    ((1, 40, 5, 6, 6), 7, dict(strides=[2, 1, 3], pads=[1, 0, 2, 0, 1, 1], dilations=[1, 2, 1])),
     ((1, 9, 700), 6, dict(group=3, strides=[1], pads=[3, 2])),
 ], ids=["2-D: row tiles, k-passes, uneven blocks, bands", "3-D: flat tiles, uneven blocks", "1-D stride 1"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -318,7 +319,8 @@ def test_tiled_kernel_edges(shape, c_out_g, attributes, dtype):
     pairs = (shape[1] // group) * int(np.diff(phase_plan.phase_start).max())
     bands = int(phase_plan.phase_counts[:, 1].max()) > 2 * max(1, BAND // pitch_w)  # a whole band between two
     uneven_blocks = c_out_g % -(-c_out_g // MR) != 0
-    covered = {4: (True, True, True, True), 5: (False, True, False, True), 3: (False, False, False, False)}
+    # (whatever the tile width, 4 to 32; a single row is the same along rows or flat)
+    covered = {4: (True, True, True, True), 5: (False, True, False, True), 3: (row_tiles, False, False, False)}
     assert (row_tiles, pairs > KC, bands, uneven_blocks) == covered[len(shape)]
     saved = ops_module.CONV_TRANSPOSE_TILES_MIN_CHANNELS, ops_module.CONV_TRANSPOSE_GEMM_MIN_CHANNELS
     ops_module.CONV_TRANSPOSE_TILES_MIN_CHANNELS, ops_module.CONV_TRANSPOSE_GEMM_MIN_CHANNELS = 1, 10**9

@@ -11,9 +11,10 @@ packed. The ``rows x NR`` sums stay in vector registers for the whole ``k`` loop
 loads of ``b`` and ``rows`` broadcasts of ``a`` feed ``rows * NR/lanes`` fused multiply-adds.
 
 Why IR: Numba's loop vectorizer keeps no accumulator in a register across a reduction, and LLVM's SLP
-vectorizer did not vectorize the same tile written with scalars (4 GFLOP/s). This one runs at 75 GFLOP/s on one
-core of the development machine (2-core Zen 3, 101-102 GFLOP/s float32 peak as ``fusion.bench`` measures it),
-6 x 16 float32, all in cache, rows at unaligned offsets.
+vectorizer did not vectorize the same tile written with scalars (4 GFLOP/s). This one, 6 rows x 2 vectors of float32,
+all in cache, rows at unaligned offsets, runs on one core at 75 GFLOP/s with 256-bit vectors on a Zen 3 (101-102
+GFLOP/s float32 peak as ``fusion.bench`` measures it), and on a Zen 4 (103-115) at 90-92 with 256-bit vectors and
+112-113 with 512-bit ones.
 ``llvm.fmuladd`` lets LLVM fuse each multiply-add where the CPU has FMA; the order of the sums is fixed, so a
 result is the same from run to run.
 """
@@ -33,8 +34,10 @@ from fusion.kernels.config import SERIAL
 # 4x3 69, 4x2 68, 3x2 58, 2x2 43, 8x1 43).
 MR = 6
 VECTORS_PER_ROW = 2
-# 32-byte vectors where the CPU has AVX; LLVM splits them on a CPU that has only 16-byte ones.
-VECTOR_BYTES = 32 if "avx" in llvm_binding.get_host_cpu_features() else 16
+# The CPU's widest vectors: 64 bytes with AVX-512, 32 with AVX, else 16. Numba's on-disk cache is keyed by the CPU, so
+# code compiled for one width is never loaded on a CPU of another.
+_FEATURES = llvm_binding.get_host_cpu_features()
+VECTOR_BYTES = 64 if _FEATURES.get("avx512f") else 32 if _FEATURES.get("avx") else 16
 
 
 def lanes(itemsize: int) -> int:
