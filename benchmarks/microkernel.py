@@ -27,11 +27,12 @@ ROW_STRIDE = 1201  # input rows one float past a multiple of a vector apart
 
 def driver(tile, rows: int, width: int):
     @njit
-    def run(c, a, b, offsets, channels, repetitions):
+    def run(c, a, a_offsets, b, b_offsets, channels, repetitions):
         for _ in range(repetitions):
             for p in range(0, POSITIONS, width):
                 for first in range(0, channels, rows):
-                    tile(c, first * POSITIONS + p, POSITIONS, a, first * DEPTH, b, p, offsets, 0, DEPTH, False)
+                    tile(c, first * POSITIONS + p, POSITIONS, a, first * DEPTH, a_offsets, DEPTH, b, p, b_offsets, 0,
+                         DEPTH, False)
     return run
 
 
@@ -42,7 +43,8 @@ def main() -> int:
     numba.set_num_threads(1)
     rng = np.random.default_rng(0)
     b = rng.standard_normal(DEPTH * ROW_STRIDE + POSITIONS).astype(np.float32)
-    offsets = np.arange(DEPTH, dtype=np.int64) * ROW_STRIDE
+    b_offsets = np.arange(DEPTH, dtype=np.int64) * ROW_STRIDE
+    a_offsets = np.arange(DEPTH, dtype=np.int64)  # a: (channels, DEPTH), as the weights are read in place
     print(f"float32 peak, one thread: {measure_peak(1) / 1e9:.1f} GFLOP/s")
     print("| rows x vectors | GFLOP/s best | GFLOP/s median |")
     print("|---|---|---|")
@@ -51,13 +53,13 @@ def main() -> int:
         channels = rows * (36 // rows + (1 if 36 % rows else 0))
         a = rng.standard_normal(channels * DEPTH).astype(np.float32)
         c = np.zeros(channels * POSITIONS + width, np.float32)
-        run = driver(tile_intrinsic(rows, vectors, a_stride=rows), rows, width)
-        run(c, a, b, offsets, channels, 1)  # compiles
+        run = driver(tile_intrinsic(rows, vectors), rows, width)
+        run(c, a, a_offsets, b, b_offsets, channels, 1)  # compiles
         repetitions = 100
         times = []
         for _ in range(args.repetitions):
             start = time.perf_counter()
-            run(c, a, b, offsets, channels, repetitions)
+            run(c, a, a_offsets, b, b_offsets, channels, repetitions)
             times.append(time.perf_counter() - start)
         computed = -(-POSITIONS // width) * width  # whole tiles
         flops = 2.0 * DEPTH * channels * computed * repetitions

@@ -19,7 +19,7 @@ from fusion.kernels.col2im import col2im_3d, col2im_3d_serial, im2col_3d
 from fusion.kernels.conv import conv_3d
 from fusion.kernels.phases import conv_transpose_phases, plan
 from fusion.kernels.polyphase import split_input, split_plan
-from fusion.kernels.tiles import pack_weights, pad_input, tiled_gemms
+from fusion.kernels.tiles import pad_input, tiled_gemms
 
 DTYPES = (np.float32, np.float64)
 # ConvTranspose has three kernels; which is fastest depends on the input channels per group (measured:
@@ -36,7 +36,7 @@ CONV_TRANSPOSE_GEMM_MIN_CHANNELS = 256
 # TILES_MIN_POSITIONS output positions.
 CONV_TILES_MIN_CHANNELS = 2
 CONV_GEMM_MIN_CHANNELS = 256
-# The tiled kernels read their packed weights once per band of positions, BLAS's GEMM blocks them: with many weights
+# The tiled kernels read all their weights once per band of positions, BLAS's GEMM blocks them: with many weights
 # per position BLAS wins. Measured with 512-bit tiles at 256-1024 input channels per group: on 8^2 and 16^2 positions
 # BLAS took 0.4-0.92x the tiled kernels' time; on 32^2, 0.97-1.17x (the 256->128 k4 decoder: 1.09-1.17x).
 TILES_MIN_POSITIONS = 1024
@@ -160,12 +160,13 @@ def _conv_transpose_phases(x, w, b, geo: attrs.ConvGeometry, affine: ChannelAffi
     y = np.empty((geo.batch, geo.c_out) + geo.output_shape, dtype=x.dtype)
     padded_shape = phase_plan.padded_shape
     if tiled:
-        c_in_g = geo.c_in // geo.group
-        a = pack_weights(w.reshape(geo.group, c_in_g, w.shape[1], -1), phase_plan.phase_start, phase_plan.tap_index)
+        c_in_g, c_out_g, taps = geo.c_in // geo.group, w.shape[1], int(np.prod(geo.kernel_shape))
         xp = pad_input(_lift(x), padded_shape, phase_plan.padded_offset)
-        tiled_gemms(xp.reshape(-1), xp.shape[1], padded_shape[1] * padded_shape[2], padded_shape[2], a, c_in_g,
-                    scale, shift, strides,
-                    phase_plan.phase_origin, phase_plan.phase_counts, phase_plan.phase_start, phase_plan.tap_shift,
+        # w: (c_in, c_out/group, taps), read in place: (group, input channel, output channel) strides
+        w_strides = (c_in_g * c_out_g * taps, c_out_g * taps, taps)
+        tiled_gemms(xp.reshape(-1), xp.shape[1], padded_shape[1] * padded_shape[2], padded_shape[2], w.reshape(-1),
+                    w_strides, geo.group, c_in_g, scale, shift, strides, phase_plan.phase_origin,
+                    phase_plan.phase_counts, phase_plan.phase_start, phase_plan.tap_index, phase_plan.tap_shift,
                     numba.get_num_threads(), _lift(y))
     else:
         conv_transpose_phases(_lift(x), w.reshape(w.shape[0], w.shape[1], -1), scale, shift, geo.group, strides,
@@ -208,16 +209,16 @@ def _conv_tiles(x, w, b, geo: attrs.ConvGeometry) -> np.ndarray:
     strides, dilations, pads_begin = _lifted_geometry(geo)
     split = split_plan(_lift_ints(geo.input_shape, 1), _lift_ints(geo.kernel_shape, 1), strides, dilations,
                        pads_begin, _lift_ints(geo.output_shape, 1))
-    group, c_in_g = geo.group, geo.c_in // geo.group
+    group, c_in_g, taps = geo.group, geo.c_in // geo.group, int(np.prod(geo.kernel_shape))
     phase_shape = split.phase_shape
-    # (c_out, c_in/group, *k) -> (group, c_in/group, c_out/group, taps), a view: the packing reads it in place
-    a = pack_weights(w.reshape(group, geo.c_out // group, c_in_g, -1).transpose(0, 2, 1, 3), split.phase_start,
-                     split.tap_index)
     xs = split_input(_lift(x), strides, pads_begin, phase_shape)
     y = np.empty((geo.batch, geo.c_out) + geo.output_shape, dtype=x.dtype)
-    tiled_gemms(xs.reshape(-1), xs.shape[1], phase_shape[1] * phase_shape[2], phase_shape[2], a, c_in_g,
-                np.ones(geo.c_out, x.dtype), b, (1, 1, 1), split.phase_origin, split.phase_counts, split.phase_start,
-                split.tap_shift, numba.get_num_threads(), _lift(y))
+    # w: (c_out, c_in/group, taps), read in place: (group, input channel, output channel) strides
+    w_strides = (geo.c_out // group * c_in_g * taps, taps, c_in_g * taps)
+    tiled_gemms(xs.reshape(-1), xs.shape[1], phase_shape[1] * phase_shape[2], phase_shape[2], w.reshape(-1),
+                w_strides, group, c_in_g, np.ones(geo.c_out, x.dtype), b, (1, 1, 1), split.phase_origin,
+                split.phase_counts, split.phase_start, split.tap_index, split.tap_shift, numba.get_num_threads(),
+                _lift(y))
     return y
 
 

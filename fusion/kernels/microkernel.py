@@ -1,13 +1,13 @@
 """A register-tiled multiply-add, written in LLVM IR: the inner kernel of ``fusion.kernels.tiles``.
 
-``tile(rows, c, c_base, c_pitch, a, a_base, b, b_base, b_offsets, k_first, k_count, accumulate)`` computes, for
-``i < rows`` and ``l < NR``::
+``tile(rows, c, c_base, c_pitch, a, a_base, a_offsets, a_pitch, b, b_base, b_offsets, k_first, k_count,
+accumulate)`` computes, for ``i < rows`` and ``l < NR``::
 
     c[c_base + i*c_pitch + l] (+)= sum over k in [k_first, k_first + k_count) of
-                                   a[a_base + k*MR + i] * b[b_base + b_offsets[k] + l]
+                                   a[a_base + a_offsets[k] + i*a_pitch] * b[b_base + b_offsets[k] + l]
 
-``a`` is packed ``(k, MR)``; each ``k`` reads an arbitrary row of ``b`` (``b_offsets[k]``), so ``b`` is never
-packed. The ``rows x NR`` sums stay in vector registers for the whole ``k`` loop: per ``k``, ``NR/lanes`` vector
+Each ``k`` reads an arbitrary element of each row of ``a`` (``a_offsets``) and an arbitrary row of ``b``
+(``b_offsets``), so neither is packed: ``a`` is the weight array as given. The ``rows x NR`` sums stay in vector registers for the whole ``k`` loop: per ``k``, ``NR/lanes`` vector
 loads of ``b`` and ``rows`` broadcasts of ``a`` feed ``rows * NR/lanes`` fused multiply-adds.
 
 Why IR: Numba's loop vectorizer keeps no accumulator in a register across a reduction, and LLVM's SLP
@@ -45,17 +45,18 @@ def lanes(itemsize: int) -> int:
     return VECTOR_BYTES // itemsize
 
 
-def tile_intrinsic(rows: int, vectors: int = VECTORS_PER_ROW, a_stride: int = MR):
+def tile_intrinsic(rows: int, vectors: int = VECTORS_PER_ROW):
     """The tile for a fixed number of rows (a block of output channels may have fewer than ``MR``); ``vectors`` per
-    row and the packed ``a``'s row length ``a_stride`` other than the defaults only for
-    ``benchmarks/microkernel.py``, which compares tile shapes."""
+    row other than the default only for ``benchmarks/microkernel.py``, which compares tile shapes."""
 
     @intrinsic
-    def tile(typingctx, c, c_base, c_pitch, a, a_base, b, b_base, b_offsets, k_first, k_count, accumulate):
-        signature = types.void(c, c_base, c_pitch, a, a_base, b, b_base, b_offsets, k_first, k_count, accumulate)
+    def tile(typingctx, c, c_base, c_pitch, a, a_base, a_offsets, a_pitch, b, b_base, b_offsets, k_first, k_count,
+             accumulate):
+        signature = types.void(c, c_base, c_pitch, a, a_base, a_offsets, a_pitch, b, b_base, b_offsets, k_first,
+                               k_count, accumulate)
 
         def codegen(context, builder, sig, args):
-            c_value, c_base, c_pitch, _, a_base, _, b_base, _, k_first, k_count, accumulate = args
+            _, c_base, c_pitch, _, a_base, _, a_pitch, _, b_base, _, k_first, k_count, accumulate = args
             dtype = sig.args[0].dtype
             width = lanes(dtype.bitwidth // 8)
             element = context.get_data_type(dtype)
@@ -69,10 +70,12 @@ def tile_intrinsic(rows: int, vectors: int = VECTORS_PER_ROW, a_stride: int = MR
             def constant(value):
                 return ir.Constant(i64, value)
 
-            c_data, a_data, b_data, offsets = data(0), data(3), data(5), data(7)
+            c_data, a_data, a_offsets, b_data, b_offsets = data(0), data(3), data(5), data(7), data(9)
             fmuladd = cgutils.get_or_insert_function(
                 builder.module, ir.FunctionType(vector, [vector] * 3), f"llvm.fmuladd.v{width}f{dtype.bitwidth}")
             c_rows = [builder.gep(c_data, [builder.add(c_base, builder.mul(c_pitch, constant(i)))])
+                      for i in range(rows)]
+            a_rows = [builder.gep(a_data, [builder.add(a_base, builder.mul(a_pitch, constant(i)))])
                       for i in range(rows)]
 
             def c_vector(i, v):
@@ -95,12 +98,12 @@ def tile_intrinsic(rows: int, vectors: int = VECTORS_PER_ROW, a_stride: int = MR
             splat_mask = ir.Constant(ir.VectorType(ir.IntType(32), width), [0] * width)
             with cgutils.for_range(builder, k_count) as loop:
                 k = builder.add(k_first, loop.index)
-                b_row = builder.gep(b_data, [builder.add(b_base, builder.load(builder.gep(offsets, [k])))])
+                b_row = builder.gep(b_data, [builder.add(b_base, builder.load(builder.gep(b_offsets, [k])))])
                 b_vectors = [builder.load(builder.bitcast(builder.gep(b_row, [constant(v * width)]), vector_pointer),
                                           align=1) for v in range(vectors)]
-                a_row = builder.gep(a_data, [builder.add(a_base, builder.mul(k, constant(a_stride)))])
+                a_offset = builder.load(builder.gep(a_offsets, [k]))
                 for i in range(rows):
-                    scalar = builder.load(builder.gep(a_row, [constant(i)]))
+                    scalar = builder.load(builder.gep(a_rows[i], [a_offset]))
                     broadcast = builder.shuffle_vector(
                         builder.insert_element(undefined, scalar, ir.Constant(ir.IntType(32), 0)), undefined,
                         splat_mask)
@@ -121,17 +124,17 @@ _tile_1, _tile_2, _tile_3, _tile_4, _tile_5, _tile_6 = (tile_intrinsic(rows) for
 
 
 @njit(inline="always", **SERIAL)
-def tile(rows, c, c_base, c_pitch, a, a_base, b, b_base, b_offsets, k_first, k_count, accumulate):
+def tile(rows, c, c_base, c_pitch, a, a_base, a_offsets, a_pitch, b, b_base, b_offsets, k_first, k_count, accumulate):
     """The ``rows x NR`` tile (``rows`` from 1 to ``MR``); see the module docstring."""
     if rows == 6:
-        _tile_6(c, c_base, c_pitch, a, a_base, b, b_base, b_offsets, k_first, k_count, accumulate)
+        _tile_6(c, c_base, c_pitch, a, a_base, a_offsets, a_pitch, b, b_base, b_offsets, k_first, k_count, accumulate)
     elif rows == 5:
-        _tile_5(c, c_base, c_pitch, a, a_base, b, b_base, b_offsets, k_first, k_count, accumulate)
+        _tile_5(c, c_base, c_pitch, a, a_base, a_offsets, a_pitch, b, b_base, b_offsets, k_first, k_count, accumulate)
     elif rows == 4:
-        _tile_4(c, c_base, c_pitch, a, a_base, b, b_base, b_offsets, k_first, k_count, accumulate)
+        _tile_4(c, c_base, c_pitch, a, a_base, a_offsets, a_pitch, b, b_base, b_offsets, k_first, k_count, accumulate)
     elif rows == 3:
-        _tile_3(c, c_base, c_pitch, a, a_base, b, b_base, b_offsets, k_first, k_count, accumulate)
+        _tile_3(c, c_base, c_pitch, a, a_base, a_offsets, a_pitch, b, b_base, b_offsets, k_first, k_count, accumulate)
     elif rows == 2:
-        _tile_2(c, c_base, c_pitch, a, a_base, b, b_base, b_offsets, k_first, k_count, accumulate)
+        _tile_2(c, c_base, c_pitch, a, a_base, a_offsets, a_pitch, b, b_base, b_offsets, k_first, k_count, accumulate)
     else:
-        _tile_1(c, c_base, c_pitch, a, a_base, b, b_base, b_offsets, k_first, k_count, accumulate)
+        _tile_1(c, c_base, c_pitch, a, a_base, a_offsets, a_pitch, b, b_base, b_offsets, k_first, k_count, accumulate)

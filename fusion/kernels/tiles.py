@@ -4,8 +4,8 @@ ConvTranspose's decomposition is ``fusion.kernels.phases``' (read its docstring)
 ``y_r[oc, m] = sum over (ci, tap of r) w[ci, j, tap] * xp[ci, m_flat + shift(tap)]`` on the zero-padded input
 ``xp`` (``pad_input``), with ``m_flat`` in the padded row pitches. Conv is the same sum with one phase on the
 polyphase split of its input (``fusion.kernels.polyphase``). Read as a GEMM with ``k = (ci, tap)``: ``A[j, k]`` is the
-weight, packed in blocks of up to ``MR`` output channels (``pack_weights``); ``B[k, m] = xp[ci, m + shift]`` is a row
-of the laid-out input at an offset, never copied; ``C`` is a task's accumulator. ``fusion.kernels.microkernel.tile``
+weight, read in place in blocks of up to ``MR`` output channels; ``B[k, m] = xp[ci, m + shift]`` is a row of the
+laid-out input at an offset, never copied; ``C`` is a task's accumulator. ``fusion.kernels.microkernel.tile``
 computes (block) x ``NR`` of ``C`` in registers. Against ``phases``, each loaded input vector feeds up to ``MR``
 output channels instead of two; against GEMM + col2im (or im2col + GEMM) there is no ``cols`` buffer.
 
@@ -23,8 +23,9 @@ from fusion.kernels.config import PARALLEL, SERIAL
 from fusion.kernels.microkernel import MR, VECTOR_BYTES, VECTORS_PER_ROW, tile
 from fusion.kernels.phases import pad_channels, store_phases
 
-# k per pass over a band of C: a B panel of KC x NR (8 KiB) stays in L1 while every block of output channels reads
-# it (measured against 64, 96, 192, 256 and 512 on the 256->128 k4 decoder and its group-4 twin: 128 best).
+# k per pass over a band of C: a B panel of KC x NR (float32: 8 KiB, 16 with 512-bit vectors) stays in L1 while every
+# block of output channels reads it (measured against 64, 96, 192, 256 and 512 on the 256->128 k4 decoder and its
+# group-4 twin: 128 best with 256-bit vectors; with 512-bit ones 64-512 were within this machine's noise).
 KC = 128
 # Flat positions (in the padded pitches) a task covers per phase, about: its C, (phases along a row) x (output
 # channels of the group) x BAND, stays in L2.
@@ -40,42 +41,6 @@ def _block(block, blocks, channels):
     busy."""
     base, extra = divmod(channels, blocks)
     return block * base + min(block, extra), base + (1 if block < extra else 0)
-
-
-@njit(**SERIAL)
-def _pack_block(w_group, phase_taps, block, blocks, out):
-    """``out[k*MR + i] = w_group[ci, first + i, phase_taps[t]]`` with ``k = ci*taps + t`` for the channels
-    ``first + i`` of block ``block`` (``_block``); 0 in the unused rows.
-    ``w_group: (c_in/group, c_out/group, taps)``."""
-    taps = phase_taps.shape[0]
-    c_in_g, c_out_g = w_group.shape[0], w_group.shape[1]
-    first, rows = _block(block, blocks, c_out_g)
-    for ci in range(c_in_g):
-        for t in range(taps):
-            k = ci * taps + t
-            for i in range(MR):
-                out[k * MR + i] = w_group[ci, first + i, phase_taps[t]] if i < rows else 0
-
-
-@njit(**PARALLEL)
-def pack_weights(w, phase_start, tap_index):
-    """Every (group, phase)'s ``A``: ``a[g, r, block, k*MR + i]`` is ``w[g, ci, first + i, tap]`` for the ``k``-th
-    (input channel ``ci``, tap of phase ``r``) pair and the block's channels ``first + i``.
-
-    ``w: (group, c_in/group, c_out/group, taps)``, any strides (ConvTranspose's weight, or a transposed view of
-    Conv's)."""
-    group, c_in_g, c_out_g = w.shape[0], w.shape[1], w.shape[2]
-    phases = phase_start.shape[0] - 1
-    blocks = (c_out_g + MR - 1) // MR
-    most_taps = 0
-    for r in range(phases):
-        most_taps = max(most_taps, phase_start[r + 1] - phase_start[r])
-    a = np.empty((group, phases, blocks, max(1, c_in_g * most_taps) * MR), w.dtype)
-    for packed in prange(group * phases * blocks):
-        block = packed % blocks
-        g, r = packed // blocks // phases, packed // blocks % phases
-        _pack_block(w[g], tap_index[phase_start[r]:phase_start[r + 1]], block, blocks, a[g, r, block])
-    return a
 
 
 @njit(**SERIAL)
@@ -102,26 +67,33 @@ def pad_input(x, padded_shape, padded_offset):
 
 
 @njit(**PARALLEL)
-def tiled_gemms(b, channel_length, pitch_h, pitch_w, a, c_in_g, scale, shift, strides, phase_origin, phase_counts,
-                phase_start, tap_shift, threads, y):
+def tiled_gemms(b, channel_length, pitch_h, pitch_w, w, w_strides, group, c_in_g, scale, shift, strides, phase_origin,
+                phase_counts, phase_start, tap_index, tap_shift, threads, y):
     """``y[n, g*c_out/group + j, strides*m + phase_origin[r]] = C[j, m_flat] * scale + shift`` for every output phase
-    ``r``, where ``C = A B`` with ``A = a[g, r]`` (``pack_weights``) and ``B[k, m_flat] = b[(n*c_in + g*c_in/group
-    + ci) * channel_length + tap_shift[t] + m_flat]`` for the ``k``-th (``ci``, tap ``t`` of phase ``r``) pair: the
-    input laid out flat, channel after channel (``pad_input``, ``fusion.kernels.polyphase.split_input``), with row
-    pitches ``pitch_h, pitch_w``. ``y: (n, c_out, od, oh, ow)``; ``threads``: Numba's thread count (read by the
-    caller: reading it in compiled code keeps Numba from caching it). Called from Python, not from another kernel,
-    so that it is compiled once rather than once into each caller."""
-    group, phases, blocks = a.shape[0], a.shape[1], a.shape[2]
+    ``r``, where ``C = A B`` over the (``ci``, tap ``t`` of phase ``r``) pairs ``k``:
+    ``A[j, k] = w[g*w_strides[0] + ci*w_strides[1] + j*w_strides[2] + tap_index[t]]``, the flat weights read in
+    place, and ``B[k, m_flat] = b[(n*c_in + g*c_in/group + ci) * channel_length + tap_shift[t] + m_flat]``, the input
+    laid out flat, channel after channel (``pad_input``, ``fusion.kernels.polyphase.split_input``), with row pitches
+    ``pitch_h, pitch_w``. ``y: (n, c_out, od, oh, ow)``; ``threads``: Numba's thread count (read by the caller:
+    reading it in compiled code keeps Numba from caching it). Called from Python, not from another kernel, so that it
+    is compiled once rather than once into each caller."""
     n_batch, c_out_g = y.shape[0], y.shape[1] // group
     c_in = group * c_in_g
     nr = VECTORS_PER_ROW * (VECTOR_BYTES // y.itemsize)
-    a_flat = a.reshape(-1)
-    offsets = np.empty((phases, a.shape[3] // MR), np.int64)  # B's row k of phase r: channel ci shifted by the tap
+    phases = phase_origin.shape[0]
+    blocks = (c_out_g + MR - 1) // MR
+    most_taps = 0
+    for r in range(phases):
+        most_taps = max(most_taps, phase_start[r + 1] - phase_start[r])
+    # row k of phase r: B's is channel ci shifted by the tap, A's the tap of channel ci
+    b_offsets = np.empty((phases, max(1, c_in_g * most_taps)), np.int64)
+    a_offsets = np.empty((phases, max(1, c_in_g * most_taps)), np.int64)
     for r in range(phases):
         taps = phase_start[r + 1] - phase_start[r]
         for ci in range(c_in_g):
             for t in range(taps):
-                offsets[r, ci * taps + t] = ci * channel_length + tap_shift[phase_start[r] + t]
+                b_offsets[r, ci * taps + t] = ci * channel_length + tap_shift[phase_start[r] + t]
+                a_offsets[r, ci * taps + t] = ci * w_strides[1] + tap_index[phase_start[r] + t]
 
     sw = strides[2]
     row_phases = phases // sw
@@ -177,15 +149,14 @@ def tiled_gemms(b, channel_length, pitch_h, pitch_w, a, c_in_g, scale, shift, st
             if counts[rw, 2] == 0:
                 continue
             k_count = c_in_g * (phase_start[r + 1] - phase_start[r])
-            a_base = ((g * phases + r) * blocks) * a.shape[3]
             for k_first in range(0, max(1, k_count), KC):
                 for q in range(position_tiles):
                     p = (q // row_tiles) * pitch_w + (q % row_tiles) * nr if along_rows else q * nr
                     for block in range(block_lo, block_hi):
                         first_channel, rows = _block(block, blocks, c_out_g)
-                        tile(rows, c, (rw * channels + first_channel - channel_lo) * span + p, span, a_flat,
-                             a_base + block * a.shape[3], b, b_base + p, offsets[r], k_first,
-                             min(KC, k_count - k_first), k_first > 0)
+                        tile(rows, c, (rw * channels + first_channel - channel_lo) * span + p, span, w,
+                             g * w_strides[0] + first_channel * w_strides[2], a_offsets[r], w_strides[2], b,
+                             b_base + p, b_offsets[r], k_first, min(KC, k_count - k_first), k_first > 0)
         band_counts = counts.copy()
         band_counts[:, 0] = 1
         band_counts[:, 1] = h1 - h0
