@@ -43,6 +43,8 @@ from fusion.graph.sites import find_sites
 # (measured: the phase kernel at 2 threads took 2x longer right after an OpenBLAS GEMM). Both settings are read when
 # the pools' runtimes load, before any benchmark code runs, so the benchmark entry points re-run themselves with them.
 QUIET_POOLS = {"OMP_WAIT_POLICY": "PASSIVE", "OPENBLAS_THREAD_TIMEOUT": "4"}
+# At most this many times the requested rounds, for a shape whose rounds are fast (``run``).
+MORE_ROUNDS = 10
 
 
 def pools_are_quiet() -> bool:
@@ -203,9 +205,14 @@ class PathResult:
 
 
 def run(*, quick: bool = False, threads_list=(1, 2), repetitions: int | None = None, engines=("fusion", "onnxruntime",
-        "mnn"), progress=None) -> dict:
-    """Run the suite; returns a JSON-ready dict with environment, peaks and one row per (shape, engine, path)."""
+        "mnn"), progress=None, min_seconds: float | None = None) -> dict:
+    """Run the suite; returns a JSON-ready dict with environment, peaks and one row per (shape, engine, path).
+
+    Each shape gets ``repetitions`` rounds, or more where a round is fast: as many as take ``min_seconds`` (default
+    2, quick 0), up to ``MORE_ROUNDS`` times as many. A sub-millisecond layer's time depends on what ran just before
+    it; more rounds make its median as steady as a large layer's."""
     repetitions = repetitions or (5 if quick else 15)
+    min_seconds = (0.0 if quick else 2.0) if min_seconds is None else min_seconds
     scale = 0.5 if quick else 1.0
     # onnxruntime's sessions are made not to spin below; OpenMP and OpenBLAS only listen to QUIET_POOLS
     order = np.random.default_rng(0)
@@ -230,7 +237,14 @@ def run(*, quick: bool = False, threads_list=(1, 2), repetitions: int | None = N
                         except Exception as exc:  # one engine failing a shape is a result, not a crash
                             rows[name].error = str(exc).splitlines()[0][:200]
                     names = list(paths)
-                    for _ in range(repetitions):
+                    start = time.perf_counter()
+                    for name in names:  # one untimed round, to size the timed ones
+                        if rows[name].error is None:
+                            paths[name]()
+                    round_seconds = time.perf_counter() - start
+                    rounds = int(np.clip(np.ceil(min_seconds / max(round_seconds, 1e-9)), repetitions,
+                                         MORE_ROUNDS * repetitions))
+                    for _ in range(rounds):
                         # a new order every repetition: no path always runs right after the same neighbour
                         for index in order.permutation(len(names)):
                             name = names[index]
@@ -243,7 +257,7 @@ def run(*, quick: bool = False, threads_list=(1, 2), repetitions: int | None = N
         finally:
             if mnn:
                 mnn.close()
-    return {"environment": environment(), "repetitions": repetitions, "quick": quick,
+    return {"environment": environment(), "repetitions": repetitions, "min_seconds": min_seconds, "quick": quick,
             "peak_flops": {str(t): p for t, p in peaks.items()},
             "results": [r.summary(peaks[r.threads]) for r in results]}
 
@@ -400,11 +414,19 @@ def ratios(document: dict) -> list[dict]:
     return rows
 
 
+def _more_rounds(document: dict) -> str:
+    seconds = document.get("min_seconds", 0.0)
+    if not seconds:
+        return ""
+    return f" (more on fast shapes: {seconds:g} s of rounds per shape, at most {MORE_ROUNDS}x as many)"
+
+
 def markdown(document: dict) -> str:
     env = document["environment"]
     lines = [f"Environment: {env['cpu']}, {env['cores']} cores; numba {env['numba']}, onnxruntime "
              f"{env['onnxruntime']}, MNN {env['mnn']}, numpy {env['numpy']}, Python {env['python']}. "
              f"{document['repetitions']} interleaved repetitions per path"
+             f"{_more_rounds(document)}"
              f"{' (quick: half-size inputs)' if document['quick'] else ''}. Measured float32 peak: " +
              ", ".join(f"{float(v) / 1e9:.1f} GFLOP/s at {k} thread(s)" for k, v in document["peak_flops"].items()),
              "", "| shape | threads | engine | path | median ms | min ms | max ms | GFLOP/s | % peak |",

@@ -36,3 +36,11 @@ def test_bench_reruns_itself_with_quiet_thread_pools(monkeypatch):
     monkeypatch.setattr(bench, "rerun_with_quiet_pools", lambda argv: calls.append(argv) or 7)
     assert main(["bench", "--quick", "--threads", "1"]) == 7
     assert calls and calls[0][-3:] == ["--quick", "--threads", "1"]
+
+
+@pytest.mark.parametrize("min_seconds, rounds", [(0.0, 2), (100.0, 2 * bench.MORE_ROUNDS)])
+def test_fast_shapes_get_more_rounds(monkeypatch, min_seconds, rounds):
+    """A shape whose rounds take less than ``min_seconds`` gets more of them, at most ``MORE_ROUNDS`` times as many."""
+    monkeypatch.setattr(bench, "SUITE", (bench.Shape("tiny g2", 8, 8, 2, 3, 2, 1, (6, 6)),))
+    document = bench.run(quick=True, threads_list=(1,), repetitions=2, engines=("fusion",), min_seconds=min_seconds)
+    assert {row["repetitions"] for row in document["results"]} == {rounds}
