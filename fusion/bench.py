@@ -45,6 +45,9 @@ from fusion.graph.sites import find_sites
 QUIET_POOLS = {"OMP_WAIT_POLICY": "PASSIVE", "OPENBLAS_THREAD_TIMEOUT": "4"}
 # At most this many times the requested rounds, for a shape whose rounds are fast (``run``).
 MORE_ROUNDS = 10
+# fusion's paths timed a second time among themselves only (``_alone``), under this engine name.
+ALONE = "fusion alone"
+ALONE_PATHS = ("conv_transpose only", "folded", "epilogue")
 
 
 def pools_are_quiet() -> bool:
@@ -251,6 +254,7 @@ def run(*, quick: bool = False, threads_list=(1, 2), repetitions: int | None = N
                             if rows[name].error is None:
                                 rows[name].times.append(paths[name]())
                     results += rows.values()
+                    results += _alone(shape, threads, flops, paths, rows, rounds, order)
                     if progress:
                         progress(shape.name, threads)
                 limits.restore_original_limits()
@@ -260,6 +264,19 @@ def run(*, quick: bool = False, threads_list=(1, 2), repetitions: int | None = N
     return {"environment": environment(), "repetitions": repetitions, "min_seconds": min_seconds, "quick": quick,
             "peak_flops": {str(t): p for t, p in peaks.items()},
             "results": [r.summary(peaks[r.threads]) for r in results]}
+
+
+def _alone(shape: Shape, threads: int, flops: float, paths: dict, rows: dict, rounds: int, order) -> list:
+    """fusion's ConvTranspose paths again, interleaved among themselves only (engine ``ALONE``): what fusing costs
+    fusion. Interleaved with the other engines, a path's time also depends on whose data the one before it left in
+    the caches (fusion's 3-D layer: 1.2 ms among its own paths, 1.5-1.6 ms among MNN's and onnxruntime's), and the
+    medians of such two-mode times differed by up to 20% between paths that do the same work."""
+    own = [name for name in paths if name[0] == "fusion" and name[1] in ALONE_PATHS and rows[name].error is None]
+    alone = {name: PathResult(shape.name, ALONE, name[1], threads, flops=flops) for name in own}
+    for _ in range(rounds if len(own) > 1 else 0):
+        for index in order.permutation(len(own)):
+            alone[own[index]].times.append(paths[own[index]]())
+    return list(alone.values())
 
 
 def _timed(function):
@@ -404,12 +421,12 @@ def ratios(document: dict) -> list[dict]:
         conv_peer = paths.get(("onnxruntime", "Conv mirrored"), {}).get("median")
         if conv and conv_peer:
             row["fusion Conv / onnxruntime Conv (mirrored)"] = conv / conv_peer
-        folded = paths.get(("fusion", "folded"), {}).get("median")
-        epilogue = paths.get(("fusion", "epilogue"), {}).get("median")
-        if ours and folded:
-            row["fusion folded / conv_transpose only"] = folded / ours
-        if ours and epilogue:
-            row["fusion epilogue / conv_transpose only"] = epilogue / ours
+        for engine in ("fusion", ALONE):
+            alone = paths.get((engine, "conv_transpose only"), {}).get("median")
+            for path in ("folded", "epilogue"):
+                median = paths.get((engine, path), {}).get("median")
+                if alone and median:
+                    row[f"{engine} {path} / conv_transpose only"] = median / alone
         rows.append(row)
     return rows
 
@@ -456,7 +473,7 @@ def plot(document: dict, path) -> None:
     threads_list = sorted({r["threads"] for r in document["results"]})
     figure, axes = plt.subplots(len(threads_list), 1, figsize=(13, 4.5 * len(threads_list)), squeeze=False)
     for axis, threads in zip(axes[:, 0], threads_list):
-        rows = [r for r in document["results"] if r["threads"] == threads]
+        rows = [r for r in document["results"] if r["threads"] == threads and r["engine"] != ALONE]
         shapes = list(dict.fromkeys(r["shape"] for r in rows))
         series = list(dict.fromkeys((r["engine"], r["path"]) for r in rows))
         width = 0.8 / len(series)

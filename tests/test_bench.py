@@ -44,3 +44,7 @@ def test_fast_shapes_get_more_rounds(monkeypatch, min_seconds, rounds):
     monkeypatch.setattr(bench, "SUITE", (bench.Shape("tiny g2", 8, 8, 2, 3, 2, 1, (6, 6)),))
     document = bench.run(quick=True, threads_list=(1,), repetitions=2, engines=("fusion",), min_seconds=min_seconds)
     assert {row["repetitions"] for row in document["results"]} == {rounds}
+    # fusion's own paths are timed a second time among themselves, and their ratios come from both timings
+    assert {row["path"] for row in document["results"] if row["engine"] == bench.ALONE} == set(bench.ALONE_PATHS)
+    (row,) = bench.ratios(document)
+    assert {"fusion folded / conv_transpose only", "fusion alone epilogue / conv_transpose only"} <= set(row)
