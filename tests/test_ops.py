@@ -220,6 +220,23 @@ def test_conv_kernel_choice(monkeypatch, channels_per_group, positions, threads,
     assert chosen == [kernel]
 
 
+def _lifted_plan(plan_function, geo):
+    """``plan_function`` (``phases.plan`` or ``polyphase.split_plan``) of ``geo`` lifted to 3 spatial axes."""
+    import fusion.ops as ops_module
+
+    return plan_function(*(ops_module._lift_ints(values, fill) for values, fill in [
+        (geo.input_shape, 1), (geo.kernel_shape, 1), (geo.strides, 1), (geo.dilations, 1), (geo.pads_begin, 0),
+        (geo.output_shape, 1)]))
+
+
+def _tiles_along_rows(widest: int, pitch_w: int, itemsize: int) -> bool:
+    """Whether the tiled kernel tiles along rows: a row's outputs, in whole tiles, fit in the row pitch."""
+    from fusion.kernels.microkernel import VECTOR_BYTES, VECTORS_PER_ROW
+
+    tile_width = VECTORS_PER_ROW * VECTOR_BYTES // itemsize
+    return -(-widest // tile_width) * tile_width <= pitch_w
+
+
 @pytest.mark.parametrize("shape, kernel, c_out_g, attributes", [
     ((2, 24, 64, 96), (3, 4), 7, dict(group=2, strides=[2, 3], dilations=[2, 1], pads=[1, 0, 2, 1])),
     ((1, 24, 2, 9, 10), (3, 2, 3), 7, dict(group=2, strides=[2, 1, 2], dilations=[1, 2, 1], pads=[5, 1, 0, 0, 0, 1])),
@@ -235,7 +252,6 @@ def test_polyphase_conv_edges(monkeypatch, shape, kernel, c_out_g, attributes, t
     channels into parts (``TASKS_PER_THREAD``)."""
     import fusion.ops as ops_module
     from fusion import attrs
-    from fusion.kernels.microkernel import VECTOR_BYTES, VECTORS_PER_ROW
     from fusion.kernels.polyphase import split_plan
     from fusion.kernels.tiles import BAND, KC
 
@@ -246,16 +262,14 @@ def test_polyphase_conv_edges(monkeypatch, shape, kernel, c_out_g, attributes, t
     b = rng.standard_normal(group * c_out_g).astype(dtype)
     # the case covers what its id says
     geo = attrs.resolve(x.shape, w.shape, transposed=False, **attributes)
-    split = split_plan(*(ops_module._lift_ints(values, fill) for values, fill in [
-        (geo.input_shape, 1), (geo.kernel_shape, 1), (geo.strides, 1), (geo.dilations, 1), (geo.pads_begin, 0),
-        (geo.output_shape, 1)]))
+    split = _lifted_plan(split_plan, geo)
     pitch_w = split.phase_shape[2]
-    tile_width = VECTORS_PER_ROW * VECTOR_BYTES // x.itemsize
-    row_tiles = -(-geo.output_shape[-1] // tile_width) * tile_width <= pitch_w
+    row_tiles = _tiles_along_rows(geo.output_shape[-1], pitch_w, x.itemsize)
     dropped = split.tap_index.size < int(np.prod(kernel))
     bands = split.phase_counts[0, 1] > 2 * max(1, BAND // pitch_w)
     pairs = (shape[1] // group) * split.tap_index.size
-    covered = {4: (True, False, True, True), 5: (False, True, False, True), 3: (False, False, False, False)}  # any width
+    # (whatever the tile width, 4 to 32)
+    covered = {4: (True, False, True, True), 5: (False, True, False, True), 3: (False, False, False, False)}
     assert (row_tiles, dropped, bands, pairs > KC) == covered[len(shape)]
     monkeypatch.setattr(ops_module, "CONV_TILES_MIN_CHANNELS", 1)
     monkeypatch.setattr(ops_module, "CONV_GEMM_MIN_CHANNELS", 10**9)
@@ -298,7 +312,7 @@ def test_tiled_kernel_edges(shape, c_out_g, attributes, dtype):
     of 2; with the bias and with a BN epilogue."""
     import fusion.ops as ops_module
     from fusion import attrs
-    from fusion.kernels.microkernel import MR, VECTOR_BYTES, VECTORS_PER_ROW
+    from fusion.kernels.microkernel import MR
     from fusion.kernels.phases import plan
     from fusion.kernels.tiles import BAND, KC
 
@@ -310,12 +324,9 @@ def test_tiled_kernel_edges(shape, c_out_g, attributes, dtype):
     b = rng.standard_normal(group * c_out_g).astype(dtype)
     # the case covers what its id says
     geo = attrs.resolve(x.shape, w.shape, transposed=True, **attributes)
-    phase_plan = plan(*(ops_module._lift_ints(values, fill) for values, fill in [
-        (geo.input_shape, 1), (geo.kernel_shape, 1), (geo.strides, 1), (geo.dilations, 1), (geo.pads_begin, 0),
-        (geo.output_shape, 1)]))
+    phase_plan = _lifted_plan(plan, geo)
     pitch_w = phase_plan.padded_shape[2]
-    tile_width = VECTORS_PER_ROW * VECTOR_BYTES // x.itemsize
-    row_tiles = -(-int(phase_plan.phase_counts[:, 2].max()) // tile_width) * tile_width <= pitch_w
+    row_tiles = _tiles_along_rows(int(phase_plan.phase_counts[:, 2].max()), pitch_w, x.itemsize)
     pairs = (shape[1] // group) * int(np.diff(phase_plan.phase_start).max())
     bands = int(phase_plan.phase_counts[:, 1].max()) > 2 * max(1, BAND // pitch_w)  # a whole band between two
     uneven_blocks = c_out_g % -(-c_out_g // MR) != 0
