@@ -140,7 +140,7 @@ def tiled_gemms(b, channel_length, pitch_h, pitch_w, w, w_strides, group, c_in_g
         channel_lo = _block(block_lo, blocks, c_out_g)[0]
         last_first, last_rows = _block(block_hi - 1, blocks, c_out_g)
         channels = last_first + last_rows - channel_lo
-        acc = np.empty((sw, channels, span), y.dtype)
+        acc = np.empty((channels, sw, span), y.dtype)  # acc[j]: C-contiguous, for store_phases' vector loops
         c = acc.reshape(-1)
         start = md * pitch_h + h0 * pitch_w
         b_base = (n * c_in + g * c_in_g) * channel_length + start
@@ -154,7 +154,7 @@ def tiled_gemms(b, channel_length, pitch_h, pitch_w, w, w_strides, group, c_in_g
                     p = (q // row_tiles) * pitch_w + (q % row_tiles) * nr if along_rows else q * nr
                     for block in range(block_lo, block_hi):
                         first_channel, rows = _block(block, blocks, c_out_g)
-                        tile(rows, c, (rw * channels + first_channel - channel_lo) * span + p, span, w,
+                        tile(rows, c, ((first_channel - channel_lo) * sw + rw) * span + p, sw * span, w,
                              g * w_strides[0] + first_channel * w_strides[2], a_offsets[r], w_strides[2], b,
                              b_base + p, b_offsets[r], k_first, min(KC, k_count - k_first), k_first > 0)
         band_counts = counts.copy()
@@ -165,4 +165,4 @@ def tiled_gemms(b, channel_length, pitch_h, pitch_w, w, w_strides, group, c_in_g
         origin[1] += strides[1] * h0
         for j in range(channels):
             oc = g * c_out_g + channel_lo + j
-            store_phases(acc[:, j], origin, band_counts, strides, 0, pitch_w, scale[oc], shift[oc], y[n, oc])
+            store_phases(acc[j], origin, band_counts, strides, 0, pitch_w, scale[oc], shift[oc], y[n, oc])
