@@ -240,16 +240,16 @@ def _tiles_along_rows(widest: int, pitch_w: int, itemsize: int) -> bool:
 @pytest.mark.parametrize("shape, kernel, c_out_g, attributes", [
     ((2, 24, 64, 96), (3, 4), 7, dict(group=2, strides=[2, 3], dilations=[2, 1], pads=[1, 0, 2, 1])),
     ((1, 24, 2, 9, 10), (3, 2, 3), 7, dict(group=2, strides=[2, 1, 2], dilations=[1, 2, 1], pads=[5, 1, 0, 0, 0, 1])),
-    ((1, 9, 700), (5,), 6, dict(group=3, strides=[3], dilations=[2], pads=[3, 2])),
+    ((1, 9, 1600), (5,), 6, dict(group=3, strides=[3], dilations=[2], pads=[3, 2])),
 ], ids=["2-D: row tiles, k-passes, uneven blocks, bands", "3-D: flat tiles, a tap that reads only padding",
-        "1-D: every residue of stride 3"])
+        "1-D: every residue of stride 3, a row cut into pieces"])
 @pytest.mark.parametrize("threads_hint", [1, 64], ids=["whole tasks", "tasks split into parts"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_polyphase_conv_edges(monkeypatch, shape, kernel, c_out_g, attributes, threads_hint, dtype):
     """Conv on the tiled GEMM over the polyphase split: strides with dilations (taps of one axis in different
     phases), asymmetric pads, a tap dropped because it reads only padding, tiles along rows and along the flat band,
-    several bands, more pairs than one k-pass, a batch of 2; and with a thread count that splits each task's output
-    channels into parts (``TASKS_PER_THREAD``)."""
+    several bands, a row cut into pieces, more pairs than one k-pass, a batch of 2; and with a thread count that
+    splits each task's output channels into parts (``TASKS_PER_THREAD``)."""
     import fusion.ops as ops_module
     from fusion import attrs
     from fusion.kernels.polyphase import split_plan
@@ -268,9 +268,11 @@ def test_polyphase_conv_edges(monkeypatch, shape, kernel, c_out_g, attributes, t
     dropped = split.tap_index.size < int(np.prod(kernel))
     bands = split.phase_counts[0, 1] > 2 * max(1, BAND // pitch_w)
     pairs = (shape[1] // group) * split.tap_index.size
+    pieces = geo.output_shape[-1] >= 2 * BAND
     # (whatever the tile width, 4 to 32)
-    covered = {4: (True, False, True, True), 5: (False, True, False, True), 3: (False, False, False, False)}
-    assert (row_tiles, dropped, bands, pairs > KC) == covered[len(shape)]
+    covered = {4: (True, False, True, True, False), 5: (False, True, False, True, False),
+               3: (False, False, False, False, True)}
+    assert (row_tiles, dropped, bands, pairs > KC, pieces) == covered[len(shape)]
     monkeypatch.setattr(ops_module, "CONV_TILES_MIN_CHANNELS", 1)
     monkeypatch.setattr(ops_module, "CONV_GEMM_MIN_CHANNELS", 10**9)
     monkeypatch.setattr(numba, "get_num_threads", lambda: threads_hint)
@@ -304,12 +306,13 @@ def test_phase_kernel_input_padding_modes(group, c_out_g, length):
     ((2, 22, 40, 31), 7, dict(strides=[1, 2], pads=[1, 0, 2, 1], output_padding=[0, 1])),
     ((1, 40, 5, 6, 6), 7, dict(strides=[2, 1, 3], pads=[1, 0, 2, 0, 1, 1], dilations=[1, 2, 1])),
     ((1, 9, 700), 6, dict(group=3, strides=[1], pads=[3, 2])),
-], ids=["2-D: row tiles, k-passes, uneven blocks, bands", "3-D: flat tiles, uneven blocks", "1-D stride 1"])
+], ids=["2-D: row tiles, k-passes, uneven blocks, bands", "3-D: flat tiles, uneven blocks",
+        "1-D stride 1, a row cut into pieces"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_tiled_kernel_edges(shape, c_out_g, attributes, dtype):
     """The tiled kernel's edges: output channels that split into blocks of unequal size, more (input channel, tap)
-    pairs than one k-pass (``KC``), tiles along rows and along the flat band, three bands of rows or more, a batch
-    of 2; with the bias and with a BN epilogue."""
+    pairs than one k-pass (``KC``), tiles along rows and along the flat band, three bands of rows or more, a row cut
+    into pieces, a batch of 2; with the bias and with a BN epilogue."""
     import fusion.ops as ops_module
     from fusion import attrs
     from fusion.kernels.microkernel import MR
@@ -330,9 +333,11 @@ def test_tiled_kernel_edges(shape, c_out_g, attributes, dtype):
     pairs = (shape[1] // group) * int(np.diff(phase_plan.phase_start).max())
     bands = int(phase_plan.phase_counts[:, 1].max()) > 2 * max(1, BAND // pitch_w)  # a whole band between two
     uneven_blocks = c_out_g % -(-c_out_g // MR) != 0
+    pieces = int(phase_plan.phase_counts[:, 2].max()) >= 2 * BAND
     # (whatever the tile width, 4 to 32; a single row is the same along rows or flat)
-    covered = {4: (True, True, True, True), 5: (False, True, False, True), 3: (row_tiles, False, False, False)}
-    assert (row_tiles, pairs > KC, bands, uneven_blocks) == covered[len(shape)]
+    covered = {4: (True, True, True, True, False), 5: (False, True, False, True, False),
+               3: (row_tiles, False, False, False, True)}
+    assert (row_tiles, pairs > KC, bands, uneven_blocks, pieces) == covered[len(shape)]
     saved = ops_module.CONV_TRANSPOSE_TILES_MIN_CHANNELS, ops_module.CONV_TRANSPOSE_GEMM_MIN_CHANNELS
     ops_module.CONV_TRANSPOSE_TILES_MIN_CHANNELS, ops_module.CONV_TRANSPOSE_GEMM_MIN_CHANNELS = 1, 10**9
     try:

@@ -230,13 +230,14 @@ def _add_pairs_two(acc_a, acc_b, lo, hi, xp_n, w, j, first_channel, taps_per_cha
 
 
 @njit(**SERIAL)
-def store_phases(acc, origin, counts, strides, pitch_h, pitch_w, scale, shift, out):
-    """``out[s*m + r] = acc[rw, m_flat] * scale + shift`` for the ``sw`` phases that share one (depth, row) phase.
+def store_phases(acc, origin, counts, strides, pitch_h, pitch_w, first_column, scale, shift, out):
+    """``out[s*m + r] = acc[rw, m_flat] * scale + shift`` for the ``sw`` phases that share one (depth, row) phase;
+    along a row, ``m`` counts from ``first_column``.
 
     One call per phase group, not per row: a call per output row cost more than the row's stores. Indices rather
     than a view per row (0.96-0.98x on the 3-D layer, whose rows are 16 wide)."""
     sd, sh, sw = strides
-    two, step = uintp(2), uintp(sw)
+    two, step, base = uintp(2), uintp(sw), uintp(sw * first_column)
     for md in range(counts[0, 0]):
         o_d = sd * md + origin[0]
         for mh in range(counts[0, 1]):
@@ -247,16 +248,16 @@ def store_phases(acc, origin, counts, strides, pitch_h, pitch_w, scale, shift, o
                 # store it does not)
                 for m in range(counts[1, 2]):
                     u = uintp(m)
-                    out[o_d, o_h, two * u] = acc[0, rows + u] * scale + shift
-                    out[o_d, o_h, two * u + uintp(1)] = acc[1, rows + u] * scale + shift
+                    out[o_d, o_h, base + two * u] = acc[0, rows + u] * scale + shift
+                    out[o_d, o_h, base + two * u + uintp(1)] = acc[1, rows + u] * scale + shift
                 for m in range(counts[1, 2], counts[0, 2]):
                     u = uintp(m)
-                    out[o_d, o_h, two * u] = acc[0, rows + u] * scale + shift
+                    out[o_d, o_h, base + two * u] = acc[0, rows + u] * scale + shift
             else:
                 for rw in range(sw):
                     for m in range(counts[rw, 2]):
                         u = uintp(m)
-                        out[o_d, o_h, step * u + uintp(rw)] = acc[rw, rows + u] * scale + shift
+                        out[o_d, o_h, base + step * u + uintp(rw)] = acc[rw, rows + u] * scale + shift
 
 
 @njit(**PARALLEL)
@@ -322,5 +323,5 @@ def conv_transpose_phases(x, w, scale, shift, group, strides, padded_shape, padd
                         _add_pairs(acc[0, rw], lo, hi, xp, w_task, j, first_channel, taps, c_in_g * taps, phase_index,
                                    phase_shift)
             for e in range(2 if two else 1):
-                store_phases(acc[e], phase_origin[first], counts, strides, pitch_h, pitch_w, scale[oc + e],
-                              shift[oc + e], y[n, oc + e])
+                store_phases(acc[e], phase_origin[first], counts, strides, pitch_h, pitch_w, 0, scale[oc + e],
+                             shift[oc + e], y[n, oc + e])

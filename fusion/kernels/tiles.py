@@ -97,12 +97,17 @@ def tiled_gemms(b, channel_length, pitch_h, pitch_w, w, w_strides, group, c_in_g
 
     sw = strides[2]
     row_phases = phases // sw
-    most_d, most_h = 0, 0
+    most_d, most_h, most_w = 0, 0, 0
     for r in range(phases):
         most_d, most_h = max(most_d, phase_counts[r, 0]), max(most_h, phase_counts[r, 1])
+        most_w = max(most_w, phase_counts[r, 2])
     band_rows = max(1, BAND // pitch_w)
     bands = (most_h + band_rows - 1) // band_rows
-    tasks = n_batch * group * row_phases * most_d * bands
+    # Rows of 2 * BAND outputs or more (a long 1-D signal) are cut into pieces of about BAND: a task's sums stay in L2,
+    # and the threads share the row.
+    pieces = max(1, most_w // BAND)
+    piece_width = (((most_w + pieces - 1) // pieces + nr - 1) // nr) * nr
+    tasks = n_batch * group * row_phases * most_d * bands * pieces
     # Too few tasks to keep every thread busy to the end (a layer of one group and few rows): each task's blocks of
     # output channels are split into parts, which re-read the task's input panels.
     parts = 1
@@ -111,6 +116,8 @@ def tiled_gemms(b, channel_length, pitch_h, pitch_w, w, w_strides, group, c_in_g
     for task in prange(tasks * parts):
         part = task % parts
         rest = task // parts
+        piece = rest % pieces
+        rest //= pieces
         band = rest % bands
         rest //= bands
         md = rest % most_d
@@ -123,9 +130,14 @@ def tiled_gemms(b, channel_length, pitch_h, pitch_w, w, w_strides, group, c_in_g
         if md >= counts[0, 0] or h0 >= counts[0, 1]:
             continue
         h1 = min(counts[0, 1], h0 + band_rows)
+        w0 = piece * piece_width
+        band_counts = counts.copy()
+        band_counts[:, 0] = 1
+        band_counts[:, 1] = h1 - h0
         widest = 0
         for rw in range(sw):
-            widest = max(widest, counts[rw, 2])
+            band_counts[rw, 2] = min(max(0, counts[rw, 2] - w0), piece_width)
+            widest = max(widest, band_counts[rw, 2])
         if widest == 0:
             continue
         # Tiles along each output row where a row's outputs round up to whole tiles within the padded pitch
@@ -142,11 +154,11 @@ def tiled_gemms(b, channel_length, pitch_h, pitch_w, w, w_strides, group, c_in_g
         channels = last_first + last_rows - channel_lo
         acc = np.empty((channels, sw, span), y.dtype)  # acc[j]: C-contiguous, for store_phases' vector loops
         c = acc.reshape(-1)
-        start = md * pitch_h + h0 * pitch_w
+        start = md * pitch_h + h0 * pitch_w + w0
         b_base = (n * c_in + g * c_in_g) * channel_length + start
         for rw in range(sw):
             r = first + rw
-            if counts[rw, 2] == 0:
+            if band_counts[rw, 2] == 0:
                 continue
             k_count = c_in_g * (phase_start[r + 1] - phase_start[r])
             for k_first in range(0, max(1, k_count), KC):
@@ -157,12 +169,9 @@ def tiled_gemms(b, channel_length, pitch_h, pitch_w, w, w_strides, group, c_in_g
                         tile(rows, c, ((first_channel - channel_lo) * sw + rw) * span + p, sw * span, w,
                              g * w_strides[0] + first_channel * w_strides[2], a_offsets[r], w_strides[2], b,
                              b_base + p, b_offsets[r], k_first, min(KC, k_count - k_first), k_first > 0)
-        band_counts = counts.copy()
-        band_counts[:, 0] = 1
-        band_counts[:, 1] = h1 - h0
         origin = phase_origin[first].copy()
         origin[0] += strides[0] * md
         origin[1] += strides[1] * h0
         for j in range(channels):
             oc = g * c_out_g + channel_lo + j
-            store_phases(acc[j], origin, band_counts, strides, 0, pitch_w, scale[oc], shift[oc], y[n, oc])
+            store_phases(acc[j], origin, band_counts, strides, 0, pitch_w, w0, scale[oc], shift[oc], y[n, oc])
