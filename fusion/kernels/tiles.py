@@ -9,9 +9,9 @@ laid-out input at an offset, never copied; ``C`` is a task's accumulator. ``fusi
 computes (block) x ``NR`` of ``C`` in registers. Against ``phases``, each loaded input vector feeds up to ``MR``
 output channels instead of two; against GEMM + col2im (or im2col + GEMM) there is no ``cols`` buffer.
 
-A task owns the outputs of one (batch, group, row phase, depth, band of rows), for the ``strides[2]`` phases that
-interleave along a row: every output channel of the group, or one part of them when there are too few tasks for the
-threads. No two tasks write the same element.
+A task owns the outputs of one (batch, group, row phase, depth, band of rows or piece of a long row), for the
+``strides[2]`` phases that interleave along a row: every output channel of the group, or one part of them when there
+are too few tasks for the threads. No two tasks write the same element.
 """
 
 from __future__ import annotations
