@@ -6,8 +6,8 @@ Times the float32 paths of ``fusion.ops`` on the same layers, interleaved. ConvT
 phase GEMM and GEMM + col2im (2-D: 256 -> 256 channels, k4 s2 p1, 32^2; 3-D: 64 -> 64 channels, k3 s2 p1, 12^3).
 Conv: the direct kernel, the tiled GEMM on the polyphase split and im2col + GEMM (the same layers mirrored, and a
 2-D 3x3 stride-1 layer). Prints medians, min and max, and each path's time over the fastest; the thresholds
-``ops.CONV_TRANSPOSE_TILES_MIN_CHANNELS``, ``ops.CONV_TRANSPOSE_GEMM_MIN_CHANNELS``, ``ops.CONV_TILES_MIN_CHANNELS``
-and ``ops.CONV_GEMM_MIN_CHANNELS`` are chosen from these tables.
+``ops.CONV_TRANSPOSE_TILES_MIN_CHANNELS``, ``ops.CONV_TRANSPOSE_GEMM_MIN_CHANNELS``, ``ops.CONV_TILES_MIN_CHANNELS``,
+``ops.CONV_GEMM_MIN_CHANNELS`` and ``ops.TILES_MIN_POSITIONS`` are chosen from these tables.
 """
 
 import argparse
@@ -42,14 +42,16 @@ LAYERS = {  # op: [(label, x shape, channels per group, kernel, strides, pads)]
           for c in (1, 4, 8, 16, 64)]],
 }
 # Per op, the thresholds that force each path: ConvTranspose (CONV_TRANSPOSE_TILES_MIN_CHANNELS,
-# CONV_TRANSPOSE_GEMM_MIN_CHANNELS), Conv (CONV_TILES_MIN_CHANNELS, CONV_GEMM_MIN_CHANNELS).
+# CONV_TRANSPOSE_GEMM_MIN_CHANNELS, TILES_MIN_POSITIONS), Conv (CONV_TILES_MIN_CHANNELS, CONV_GEMM_MIN_CHANNELS,
+# TILES_MIN_POSITIONS).
 NEVER = 10**9
 PATHS = {
-    "ConvTranspose": {"phases": (NEVER, NEVER), "tiles": (1, NEVER), "GEMM": (1, 1)},
-    "Conv": {"direct": (NEVER, NEVER), "tiles": (1, NEVER), "GEMM": (1, 1)},
+    "ConvTranspose": {"phases": (NEVER, NEVER, NEVER), "tiles": (1, NEVER, NEVER), "GEMM": (1, 1, NEVER)},
+    "Conv": {"direct": (NEVER, NEVER, NEVER), "tiles": (1, NEVER, NEVER), "GEMM": (1, 1, NEVER)},
 }
-THRESHOLDS = {"ConvTranspose": ("CONV_TRANSPOSE_TILES_MIN_CHANNELS", "CONV_TRANSPOSE_GEMM_MIN_CHANNELS"),
-              "Conv": ("CONV_TILES_MIN_CHANNELS", "CONV_GEMM_MIN_CHANNELS")}
+THRESHOLDS = {"ConvTranspose": ("CONV_TRANSPOSE_TILES_MIN_CHANNELS", "CONV_TRANSPOSE_GEMM_MIN_CHANNELS",
+                                "TILES_MIN_POSITIONS"),
+              "Conv": ("CONV_TILES_MIN_CHANNELS", "CONV_GEMM_MIN_CHANNELS", "TILES_MIN_POSITIONS")}
 
 
 def main() -> int:

@@ -30,15 +30,15 @@ DTYPES = (np.float32, np.float64)
 CONV_TRANSPOSE_TILES_MIN_CHANNELS = 8
 CONV_TRANSPOSE_GEMM_MIN_CHANNELS = 256
 # Conv has three kernels too (python benchmarks/crossover.py --ops Conv): the direct kernel for depthwise layers
-# (measured 0.6-0.95x the tiled GEMM's time; 1.1-1.2x on k4 s2 at one thread); from CONV_TILES_MIN_CHANNELS
-# input channels per group the tiled GEMM on the polyphase split of the input (0.25-0.9x im2col + GEMM's time from 2
-# to 128 per group); from CONV_GEMM_MIN_CHANNELS, im2col + BLAS's GEMM where the layer has fewer than
-# TILES_MIN_POSITIONS output positions.
+# (measured 0.8-1.0x the tiled GEMM's time on k3 layers, the common depthwise ones; 1.2-1.4x on k4 s2); from
+# CONV_TILES_MIN_CHANNELS input channels per group the tiled GEMM on the polyphase split of the input (0.17-0.92x
+# im2col + GEMM's time from 2 to 256 per group); from CONV_GEMM_MIN_CHANNELS, im2col + BLAS's GEMM where the layer
+# has fewer than TILES_MIN_POSITIONS output positions.
 CONV_TILES_MIN_CHANNELS = 2
 CONV_GEMM_MIN_CHANNELS = 256
 # The tiled kernels read all their weights once per band of positions, BLAS's GEMM blocks them: with many weights
 # per position BLAS wins. Measured with 512-bit tiles at 256-1024 input channels per group: on 8^2 and 16^2 positions
-# BLAS took 0.4-0.92x the tiled kernels' time; on 32^2, 0.97-1.17x (the 256->128 k4 decoder: 1.09-1.17x).
+# BLAS took 0.4-0.92x the tiled kernels' time; on 32^2, 0.97-1.2x (the 256->128 k4 decoder: 1.06-1.17x).
 TILES_MIN_POSITIONS = 1024
 # ConvTranspose GEMM on one thread: the GEMM runs in chunks of output channels whose cols (about this many bytes)
 # col2im adds up while they are still in cache, and the cols buffer stays this small whatever the layer (on the

@@ -151,6 +151,7 @@ def test_every_kernel_path_matches_the_reference(transposed, data):
     bound = site_bound(x, w, b, transposed=transposed, **attributes)
     names = ("CONV_TRANSPOSE_TILES_MIN_CHANNELS", "CONV_TRANSPOSE_GEMM_MIN_CHANNELS") if transposed else \
         ("CONV_TILES_MIN_CHANNELS", "CONV_GEMM_MIN_CHANNELS")
+    names += ("TILES_MIN_POSITIONS",)
     saved = ([getattr(ops_module, name) for name in names], ops_module.COLS_CHUNK_BYTES, ops_module.NUMBA_POOL_SPINS,
              numba.get_num_threads())
     # every layer through each kernel (the thresholds that force it); ConvTranspose's GEMM on all threads and on
@@ -158,11 +159,11 @@ def test_every_kernel_path_matches_the_reference(transposed, data):
     threads = numba.config.NUMBA_NUM_THREADS  # all of them: more than one on any machine CI runs on
     never = 10**9
     if transposed:
-        paths = [((1, 1), threads, False), ((1, never), threads, False), ((never, never), threads, False),
-                 ((1, 1), 1, True)]
+        paths = [((1, 1, never), threads, False), ((1, never, never), threads, False),
+                 ((never, never, never), threads, False), ((1, 1, never), 1, True)]
     else:
-        paths = [((1, 1), threads, False), ((1, never), threads, False), ((never, never), threads, False),
-                 ((1, never), 1, False)]
+        paths = [((1, 1, never), threads, False), ((1, never, never), threads, False),
+                 ((never, never, never), threads, False), ((1, never, never), 1, False)]
     try:
         for thresholds, count, pool_spins in paths:
             for name, threshold in zip(names, thresholds):
