@@ -49,9 +49,9 @@ COLS_CHUNK_BYTES = 2 << 20
 # Numba's OpenMP workers spin-wait for milliseconds after a parallel region unless OMP_WAIT_POLICY=PASSIVE (read once,
 # when the OpenMP runtime loads), and OpenBLAS's workers likewise after a GEMM: in a model, each pool takes the cores
 # from the other's next layer. So with more than one thread and spinning pools, ConvTranspose and Conv stay on Numba's
-# pool: the tiled kernels also where BLAS would take over. Measured at 2 threads, default environment, the suite's layers
-# in a loop: 256->128 decoder 6.7-6.8 ms on the tiled kernel against 13.2-14.5 on GEMM + col2im, and the grouped
-# decoder after it 1.9 against 2.4-3.2 (with passive pools: 6.9-7.1 and 2.1, GEMM for the first).
+# pool: the tiled kernels also where BLAS would take over. Measured at 2 threads, default environment, the suite's
+# layers in a loop on a Zen 3: 256->128 decoder 6.7-6.8 ms on the tiled kernel against 13.2-14.5 on GEMM + col2im, and
+# the grouped decoder after it 1.9 against 2.4-3.2 (with passive pools: 6.9-7.1 and 2.1, GEMM for the first).
 NUMBA_POOL_SPINS = os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE"
 
 
