@@ -6,6 +6,7 @@ weights and bias are cast to it (as an engine evaluating the model in that preci
 
 from __future__ import annotations
 
+import math
 import os
 
 import numba
@@ -119,7 +120,7 @@ def _epilogue(affine: ChannelAffine | None, channels: int) -> tuple:
 def _conv_transpose_gemm(x, w, b, geo: attrs.ConvGeometry, affine: ChannelAffine | None = None) -> np.ndarray:
     """ConvTranspose as GEMMs, ``cols = w_g^T x_g`` per (batch, group), then col2im (``fusion.kernels.col2im``)."""
     group, c_in_g, c_out_g = geo.group, geo.c_in // geo.group, geo.c_out // geo.group
-    taps, positions = int(np.prod(geo.kernel_shape)), int(np.prod(geo.input_shape))
+    taps, positions = math.prod(geo.kernel_shape), math.prod(geo.input_shape)
     # w: (c_in, c_out/group, *k) -> per group (c_out/group * taps, c_in/group). A transposed view: BLAS reads it
     # as op(A) = A^T at no cost, while copying it contiguous took 2 ms on the 256->128 k4 decoder (a 16% tax).
     w_t = w.reshape(group, c_in_g, c_out_g * taps).transpose(0, 2, 1)
@@ -160,7 +161,7 @@ def _conv_transpose_phases(x, w, b, geo: attrs.ConvGeometry, affine: ChannelAffi
     y = np.empty((geo.batch, geo.c_out) + geo.output_shape, dtype=x.dtype)
     padded_shape = phase_plan.padded_shape
     if tiled:
-        c_in_g, c_out_g, taps = geo.c_in // geo.group, w.shape[1], int(np.prod(geo.kernel_shape))
+        c_in_g, c_out_g, taps = geo.c_in // geo.group, w.shape[1], math.prod(geo.kernel_shape)
         xp = pad_input(_lift(x), padded_shape, phase_plan.padded_offset)
         # w: (c_in, c_out/group, taps), read in place: (group, input channel, output channel) strides
         w_strides = (c_in_g * c_out_g * taps, c_out_g * taps, taps)
@@ -183,7 +184,7 @@ def _pools_apart() -> bool:
 
 def _conv_transpose(x, w, b, geo: attrs.ConvGeometry, affine: ChannelAffine | None) -> np.ndarray:
     channels_per_group = geo.c_in // geo.group
-    few_positions = int(np.prod(geo.input_shape)) < TILES_MIN_POSITIONS  # each phase has about as many as the input
+    few_positions = math.prod(geo.input_shape) < TILES_MIN_POSITIONS  # each phase has about as many as the input
     if channels_per_group >= CONV_TRANSPOSE_GEMM_MIN_CHANNELS and few_positions and _pools_apart():
         return _conv_transpose_gemm(x, w, b, geo, affine)
     return _conv_transpose_phases(x, w, b, geo, affine, tiled=channels_per_group >= CONV_TRANSPOSE_TILES_MIN_CHANNELS)
@@ -192,7 +193,7 @@ def _conv_transpose(x, w, b, geo: attrs.ConvGeometry, affine: ChannelAffine | No
 def _conv_gemm(x, w, b, geo: attrs.ConvGeometry) -> np.ndarray:
     """Conv as im2col, then one GEMM per (batch, group) plus the bias."""
     group, c_in_g, c_out_g = geo.group, geo.c_in // geo.group, geo.c_out // geo.group
-    taps, positions = int(np.prod(geo.kernel_shape)), int(np.prod(geo.output_shape))
+    taps, positions = math.prod(geo.kernel_shape), math.prod(geo.output_shape)
     cols = np.empty((geo.batch, geo.c_in) + _lift_ints(geo.kernel_shape, 1) + _lift_ints(geo.output_shape, 1),
                     dtype=x.dtype)
     im2col_3d(_lift(x), *_lifted_geometry(geo), cols)
@@ -209,7 +210,7 @@ def _conv_tiles(x, w, b, geo: attrs.ConvGeometry) -> np.ndarray:
     strides, dilations, pads_begin = _lifted_geometry(geo)
     split = split_plan(_lift_ints(geo.input_shape, 1), _lift_ints(geo.kernel_shape, 1), strides, dilations,
                        pads_begin, _lift_ints(geo.output_shape, 1))
-    group, c_in_g, taps = geo.group, geo.c_in // geo.group, int(np.prod(geo.kernel_shape))
+    group, c_in_g, taps = geo.group, geo.c_in // geo.group, math.prod(geo.kernel_shape)
     phase_shape = split.phase_shape
     xs = split_input(_lift(x), strides, pads_begin, phase_shape)
     y = np.empty((geo.batch, geo.c_out) + geo.output_shape, dtype=x.dtype)
@@ -265,7 +266,7 @@ def conv(x, w, b=None, *, group=1, strides=None, pads=None, dilations=None, auto
     x, w, b, geo = _operands(x, w, b, transposed=False, group=group, strides=strides, pads=pads,
                              dilations=dilations, auto_pad=auto_pad, kernel_shape=kernel_shape)
     channels_per_group = geo.c_in // geo.group
-    few_positions = int(np.prod(geo.output_shape)) < TILES_MIN_POSITIONS
+    few_positions = math.prod(geo.output_shape) < TILES_MIN_POSITIONS
     if channels_per_group >= CONV_GEMM_MIN_CHANNELS and few_positions and _pools_apart():
         return _conv_gemm(x, w, b, geo)
     if channels_per_group >= CONV_TILES_MIN_CHANNELS:
