@@ -239,8 +239,8 @@ def _tiles_along_rows(widest: int, pitch_w: int, itemsize: int) -> bool:
 
 
 @pytest.mark.parametrize("shape, kernel, c_out_g, attributes", [
-    ((2, 24, 64, 96), (3, 4), 7, dict(group=2, strides=[2, 3], dilations=[2, 1], pads=[1, 0, 2, 1])),
-    ((1, 24, 2, 9, 10), (3, 2, 3), 7, dict(group=2, strides=[2, 1, 2], dilations=[1, 2, 1], pads=[5, 1, 0, 0, 0, 1])),
+    ((2, 48, 64, 96), (3, 4), 7, dict(group=2, strides=[2, 3], dilations=[2, 1], pads=[1, 0, 2, 1])),
+    ((1, 48, 2, 9, 10), (3, 2, 3), 7, dict(group=2, strides=[2, 1, 2], dilations=[1, 2, 1], pads=[5, 1, 0, 0, 0, 1])),
     ((1, 9, 1600), (5,), 6, dict(group=3, strides=[3], dilations=[2], pads=[3, 2])),
 ], ids=["2-D: row tiles, k-passes, uneven blocks, bands", "3-D: flat tiles, a tap that reads only padding",
         "1-D: every residue of stride 3, a row cut into pieces"])
@@ -304,8 +304,8 @@ def test_phase_kernel_input_padding_modes(group, c_out_g, length):
 
 
 @pytest.mark.parametrize("shape, c_out_g, attributes", [
-    ((2, 22, 40, 31), 7, dict(strides=[1, 2], pads=[1, 0, 2, 1], output_padding=[0, 1])),
-    ((1, 40, 5, 6, 6), 7, dict(strides=[2, 1, 3], pads=[1, 0, 2, 0, 1, 1], dilations=[1, 2, 1])),
+    ((2, 44, 40, 31), 7, dict(strides=[1, 2], pads=[1, 0, 2, 1], output_padding=[0, 1])),
+    ((1, 80, 5, 6, 6), 7, dict(strides=[2, 1, 3], pads=[1, 0, 2, 0, 1, 1], dilations=[1, 2, 1])),
     ((1, 9, 700), 6, dict(group=3, strides=[1], pads=[3, 2])),
 ], ids=["2-D: row tiles, k-passes, uneven blocks, bands", "3-D: flat tiles, uneven blocks",
         "1-D stride 1, a row cut into pieces"])

@@ -23,10 +23,11 @@ from fusion.kernels.config import PARALLEL, SERIAL
 from fusion.kernels.microkernel import MR, VECTOR_BYTES, VECTORS_PER_ROW, tile
 from fusion.kernels.phases import pad_channels, store_phases
 
-# k per pass over a band of C: a B panel of KC x NR (float32: 8 KiB, 16 with 512-bit vectors) stays in L1 while every
+# k per pass over a band of C. With 256-bit vectors a B panel of KC x NR (float32: 8 KiB) stays in L1 while every
 # block of output channels reads it (measured against 64, 96, 192, 256 and 512 on the 256->128 k4 decoder and its
-# group-4 twin: 128 best with 256-bit vectors; with 512-bit ones 64-512 were within this machine's noise).
-KC = 128
+# group-4 twin: 128 best). With 512-bit vectors, fewer passes over C won: 256 took 0.984-0.995x the time of 128 on
+# both decoders, 32 and 64 took 1.02-1.12x, 512 to 4096 0.98-1.01x (interleaved in one process).
+KC = 256 if VECTOR_BYTES == 64 else 128
 # Flat positions (in the padded pitches) a task covers per phase, about: its C, (phases along a row) x (output
 # channels of the group) x BAND, stays in L2.
 BAND = 256
