@@ -282,12 +282,13 @@ def test_polyphase_conv_edges(monkeypatch, shape, kernel, c_out_g, attributes, t
     assert result.passed, result.summary()
 
 
-@pytest.mark.parametrize("group, c_out_g, length", [(8, 1, 3000), (2, 6, 3000), (2, 6, 50)],
+@pytest.mark.parametrize("group, c_out_g, length", [(8, 1, 9000), (2, 6, 9000), (2, 6, 50)],
                          ids=["depthwise: padded per task", "large group: padded once", "small group: per task"])
 def test_phase_kernel_input_padding_modes(group, c_out_g, length):
     """The phase kernel pads a group's input per task or once for all (``PAD_PER_TASK_BYTES``); both must agree
-    with the reference, with asymmetric pads and a bias, on batch 2."""
-    from fusion.kernels.phases import PAD_PER_TASK_BYTES
+    with the reference, with asymmetric pads and a bias, on batch 2; the long cases add phases of more than one
+    ``BLOCK``."""
+    from fusion.kernels.phases import BLOCK, PAD_PER_TASK_BYTES
 
     c_in = 8
     rng = np.random.default_rng(group * 100 + length)
@@ -295,8 +296,11 @@ def test_phase_kernel_input_padding_modes(group, c_out_g, length):
     w = rng.standard_normal((c_in, c_out_g, 4))
     b = rng.standard_normal(group * c_out_g)
     attributes = dict(group=group, strides=[3], pads=[2, 1], dilations=[2])
+    # the case covers its mode (a task of at most two output channels pads its group itself, whatever the size)
     padded_group_bytes = (c_in // group) * (length + 4) * x.itemsize
-    assert (padded_group_bytes > PAD_PER_TASK_BYTES) == (group == 2 and length > 1000)  # the case covers its mode
+    padded_per_task = c_out_g <= 2 or padded_group_bytes <= PAD_PER_TASK_BYTES
+    assert padded_per_task == (group == 8 or length < 1000)
+    assert (length > BLOCK) == (length > 1000)  # each of the 3 output phases is about as long as the input
     exact = reference.conv_transpose(x, w, b, **attributes)
     bound = site_bound(x, w, b, transposed=True, **attributes)
     result = compare(fusion.conv_transpose(x, w, b, **attributes), exact, bound=bound)
