@@ -5,7 +5,7 @@ through tap ``k``. Write ``k*d = s*q + r`` (``0 <= r < s``) and split the zero-p
 ``x_r[i] = x[s*i + r - p]``: then tap ``k`` reads ``x_r[o + q]``, a stride-1 shift of one phase. So a strided Conv
 is one stride-1 GEMM ``y[oc, m] = sum over (ci, tap) w[oc, ci, tap] * x_(r(tap))[ci, m_flat + shift(tap)]`` whose
 ``B`` rows are the phases at offsets, as a ConvTranspose output phase is in ``tiles``. The split costs one pass over
-the input; it also pads, so the GEMM reads no bounds.
+the input; it also pads, so the GEMM needs no bounds checks.
 """
 
 from __future__ import annotations
