@@ -103,6 +103,13 @@ def _lifted_geometry(geo: attrs.ConvGeometry) -> tuple[tuple[int, int, int], ...
     return _lift_ints(geo.strides, 1), _lift_ints(geo.dilations, 1), _lift_ints(geo.pads_begin, 0)
 
 
+def _lifted_plan(plan_function, geo: attrs.ConvGeometry, strides, dilations, pads_begin):
+    """``plan_function`` (``phases.plan`` or ``polyphase.split_plan``, cached per geometry) of ``geo`` on 3 spatial
+    axes, given its lifted ``strides, dilations, pads_begin``."""
+    return plan_function(_lift_ints(geo.input_shape, 1), _lift_ints(geo.kernel_shape, 1), strides, dilations,
+                         pads_begin, _lift_ints(geo.output_shape, 1))
+
+
 def _conv_direct(x, w, b, geo: attrs.ConvGeometry) -> np.ndarray:
     y = np.empty((geo.batch, geo.c_out) + geo.output_shape, dtype=x.dtype)
     conv_3d(_lift(x), _lift(w), b, geo.group, *_lifted_geometry(geo), _lift(y))
@@ -151,8 +158,7 @@ def _conv_transpose_phases(x, w, b, geo: attrs.ConvGeometry, affine: ChannelAffi
     """ConvTranspose as a gather over output phases: ``fusion.kernels.tiles`` if ``tiled``, else
     ``fusion.kernels.phases``."""
     strides, dilations, pads_begin = _lifted_geometry(geo)
-    phase_plan = plan(_lift_ints(geo.input_shape, 1), _lift_ints(geo.kernel_shape, 1), strides, dilations, pads_begin,
-                      _lift_ints(geo.output_shape, 1))
+    phase_plan = _lifted_plan(plan, geo, strides, dilations, pads_begin)
     if affine is None:
         scale, shift = np.ones(geo.c_out, x.dtype), b
     else:  # (conv + b - sub) * mul + add, the per-channel constants combined in float64 and rounded once each
@@ -208,8 +214,7 @@ def _conv_gemm(x, w, b, geo: attrs.ConvGeometry) -> np.ndarray:
 def _conv_tiles(x, w, b, geo: attrs.ConvGeometry) -> np.ndarray:
     """Conv as one register-tiled GEMM over the polyphase split of the input (``fusion.kernels.polyphase``)."""
     strides, dilations, pads_begin = _lifted_geometry(geo)
-    split = split_plan(_lift_ints(geo.input_shape, 1), _lift_ints(geo.kernel_shape, 1), strides, dilations,
-                       pads_begin, _lift_ints(geo.output_shape, 1))
+    split = _lifted_plan(split_plan, geo, strides, dilations, pads_begin)
     group, c_in_g, taps = geo.group, geo.c_in // geo.group, math.prod(geo.kernel_shape)
     phase_shape = split.phase_shape
     xs = split_input(_lift(x), strides, pads_begin, phase_shape)

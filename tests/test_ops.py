@@ -225,17 +225,15 @@ def _lifted_plan(plan_function, geo):
     """``plan_function`` (``phases.plan`` or ``polyphase.split_plan``) of ``geo`` lifted to 3 spatial axes."""
     import fusion.ops as ops_module
 
-    return plan_function(*(ops_module._lift_ints(values, fill) for values, fill in [
-        (geo.input_shape, 1), (geo.kernel_shape, 1), (geo.strides, 1), (geo.dilations, 1), (geo.pads_begin, 0),
-        (geo.output_shape, 1)]))
+    return ops_module._lifted_plan(plan_function, geo, *ops_module._lifted_geometry(geo))
 
 
 def _tiles_along_rows(widest: int, pitch_w: int, itemsize: int) -> bool:
     """Whether the tiled kernel tiles along rows: a row's outputs, in whole tiles, fit in the row pitch."""
-    from fusion.kernels.microkernel import VECTOR_BYTES, VECTORS_PER_ROW
+    from fusion.kernels.microkernel import tile_width
 
-    tile_width = VECTORS_PER_ROW * VECTOR_BYTES // itemsize
-    return -(-widest // tile_width) * tile_width <= pitch_w
+    width = tile_width(itemsize)
+    return -(-widest // width) * width <= pitch_w
 
 
 @pytest.mark.parametrize("shape, kernel, c_out_g, attributes", [

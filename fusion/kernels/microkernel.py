@@ -7,8 +7,9 @@ accumulate)`` computes, for ``i < rows`` and ``l < NR``::
                                    a[a_base + a_offsets[k] + i*a_pitch] * b[b_base + b_offsets[k] + l]
 
 Each ``k`` reads an arbitrary element of each row of ``a`` (``a_offsets``) and an arbitrary row of ``b``
-(``b_offsets``), so neither is packed: ``a`` is the weight array as given. The ``rows x NR`` sums stay in vector registers for the whole ``k`` loop: per ``k``, ``NR/lanes`` vector
-loads of ``b`` and ``rows`` broadcasts of ``a`` feed ``rows * NR/lanes`` fused multiply-adds.
+(``b_offsets``), so neither is packed: ``a`` is the weight array as given. The ``rows x NR`` sums stay in vector
+registers for the whole ``k`` loop: per ``k``, ``NR/lanes`` vector loads of ``b`` and ``rows`` broadcasts of ``a``
+feed ``rows * NR/lanes`` fused multiply-adds.
 
 Why IR: Numba's loop vectorizer keeps no accumulator in a register across a reduction, and LLVM's SLP
 vectorizer did not vectorize the same tile written with scalars (4 GFLOP/s). This one, 6 rows x 2 vectors of float32,
@@ -43,6 +44,12 @@ VECTOR_BYTES = 64 if _FEATURES.get("avx512f") else 32 if _FEATURES.get("avx") el
 def lanes(itemsize: int) -> int:
     """Elements per vector register."""
     return VECTOR_BYTES // itemsize
+
+
+@njit(inline="always", **SERIAL)
+def tile_width(itemsize):
+    """``NR``: the positions a tile computes, for elements of ``itemsize`` bytes."""
+    return VECTORS_PER_ROW * (VECTOR_BYTES // itemsize)
 
 
 def tile_intrinsic(rows: int, vectors: int = VECTORS_PER_ROW):

@@ -68,6 +68,13 @@ def _axis_phases(kernel, stride, dilation, pad, in_size, out_size):
     return phases
 
 
+def read_only_table(rows, width=None) -> np.ndarray:
+    """``rows`` as an int64 array (``width`` columns if given) that cannot be written: a cached plan's table."""
+    array = np.array(rows, np.int64).reshape(-1, width) if width else np.array(rows, np.int64)
+    array.flags.writeable = False
+    return array
+
+
 @lru_cache(maxsize=256)
 def plan(input_shape, kernel_shape, strides, dilations, pads_begin, output_shape) -> PhasePlan:
     """Phase tables for a ConvTranspose lifted to 3 spatial axes (all arguments are 3-tuples of ints).
@@ -101,13 +108,9 @@ def plan(input_shape, kernel_shape, strides, dilations, pads_begin, output_shape
                                          + cw + padded_offset[2])
                 start.append(len(index))
 
-    def table(rows, width=None):
-        array = np.array(rows, np.int64).reshape(-1, width) if width else np.array(rows, np.int64)
-        array.flags.writeable = False
-        return array
-
-    return PhasePlan(tuple(padded_shape), tuple(padded_offset), table(origin, 3), table(counts, 3), table(start),
-                     table(index), table(shift), length)
+    return PhasePlan(tuple(padded_shape), tuple(padded_offset), read_only_table(origin, 3),
+                     read_only_table(counts, 3), read_only_table(start), read_only_table(index),
+                     read_only_table(shift), length)
 
 
 @njit(**SERIAL)

@@ -18,6 +18,7 @@ from numba import njit, prange
 
 from fusion.kernels.config import PARALLEL, SERIAL, uintp
 from fusion.kernels.conv import valid_range
+from fusion.kernels.phases import read_only_table
 from fusion.kernels.tiles import spared_buffer
 
 
@@ -58,13 +59,8 @@ def split_plan(input_shape, kernel_shape, strides, dilations, pads_begin, output
                 index.append((kd * kernel_shape[1] + kh) * kernel_shape[2] + kw)
                 shift.append(phase * phase_length + (qd * phase_shape[1] + qh) * phase_shape[2] + qw)
 
-    def table(rows, width=None):
-        array = np.array(rows, np.int64).reshape(-1, width) if width else np.array(rows, np.int64)
-        array.flags.writeable = False
-        return array
-
-    return SplitPlan(phase_shape, table([0, 0, 0], 3), table(list(output_shape), 3), table([0, len(index)]),
-                     table(index), table(shift))
+    return SplitPlan(phase_shape, read_only_table([0, 0, 0], 3), read_only_table(list(output_shape), 3),
+                     read_only_table([0, len(index)]), read_only_table(index), read_only_table(shift))
 
 
 @njit(**SERIAL)

@@ -20,7 +20,7 @@ import numpy as np
 from numba import njit, prange
 
 from fusion.kernels.config import PARALLEL, SERIAL
-from fusion.kernels.microkernel import MR, VECTOR_BYTES, VECTORS_PER_ROW, tile
+from fusion.kernels.microkernel import MR, VECTOR_BYTES, tile, tile_width
 from fusion.kernels.phases import pad_channels, store_phases
 
 # k per pass over a band of C. With 256-bit vectors a B panel of KC x NR (float32: 8 KiB) stays in L1 while every
@@ -48,8 +48,7 @@ def _block(block, blocks, channels):
 def spared_buffer(channels, length, like):
     """An uninitialized ``(channels + spare, length)`` buffer of ``like``'s dtype whose spare rows are zero: a tile
     reads up to ``NR - 1`` positions past the last output it keeps."""
-    nr = VECTORS_PER_ROW * (VECTOR_BYTES // like.itemsize)
-    spare = 1 + nr // length
+    spare = 1 + tile_width(like.itemsize) // length
     buffer = np.empty((channels + spare, length), like.dtype)
     buffer[channels:] = 0
     return buffer
@@ -80,7 +79,7 @@ def tiled_gemms(b, channel_length, pitch_h, pitch_w, w, w_strides, group, c_in_g
     is compiled once rather than once into each caller."""
     n_batch, c_out_g = y.shape[0], y.shape[1] // group
     c_in = group * c_in_g
-    nr = VECTORS_PER_ROW * (VECTOR_BYTES // y.itemsize)
+    nr = tile_width(y.itemsize)
     phases = phase_origin.shape[0]
     blocks = (c_out_g + MR - 1) // MR
     most_taps = 0
