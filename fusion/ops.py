@@ -178,8 +178,7 @@ def _conv_transpose_phases(x, w, b, geo: attrs.ConvGeometry, affine: ChannelAffi
     else:
         conv_transpose_phases(_lift(x), w.reshape(w.shape[0], w.shape[1], -1), scale, shift, geo.group, strides,
                               padded_shape, phase_plan.padded_offset, phase_plan.phase_origin, phase_plan.phase_counts,
-                              phase_plan.phase_start, phase_plan.tap_index, phase_plan.tap_shift,
-                              phase_plan.accumulator_length, _lift(y))
+                              phase_plan.phase_start, phase_plan.tap_index, phase_plan.tap_shift, _lift(y))
     return y
 
 

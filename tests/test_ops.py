@@ -305,17 +305,52 @@ def test_phase_kernel_input_padding_modes(group, c_out_g, length):
     assert result.passed, result.summary()
 
 
+@pytest.mark.parametrize("shape, kernel, attributes, blocks", [
+    ((1, 2, 20, 40, 40), (3, 3, 3), dict(group=2, strides=[2, 2, 2], pads=[1] * 6), (5, 1, 1)),
+    ((2, 2, 100, 100), (3, 4), dict(group=2, strides=[2, 2], pads=[1, 1, 1, 1]), (1, 2, 1)),
+    ((1, 2, 20000), (4,), dict(group=2, strides=[2], pads=[2, 1]), (1, 1, 2)),
+], ids=["3-D: blocks of whole depths", "2-D: blocks of whole rows", "1-D: a row cut into pieces"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_phase_kernel_blocks(shape, kernel, attributes, blocks, dtype):
+    """The phase kernel sums a block of every row phase, then stores its rows in order: blocks of several depths,
+    of several rows and pieces of one row; row phases with one row fewer than the other (odd output heights),
+    tasks of two output channels and of one (3 per group), passes of ``BLOCK`` within a block, a batch of 2."""
+    from fusion import attrs
+    from fusion.kernels.phases import BLOCK, _block_size, most_counts, plan
+
+    rng = np.random.default_rng(len(shape))
+    x = rng.standard_normal(shape).astype(dtype)
+    w = rng.standard_normal((shape[1], 3) + kernel).astype(dtype)
+    b = rng.standard_normal(3 * attributes["group"]).astype(dtype)
+    geo = attrs.resolve(x.shape, w.shape, transposed=True, **attributes)
+    phase_plan = _lifted_plan(plan, geo)
+    sh, sw = ((1, 1) + tuple(attributes["strides"]))[-2:]
+    _, ph, pw = phase_plan.padded_shape
+    size = _block_size(phase_plan.phase_counts, sh * sw, ph * pw, pw)
+    most = most_counts(phase_plan.phase_counts)
+    # the case covers what its id says
+    assert tuple(-(-m // s) for m, s in zip(most, size)) == blocks
+    assert geo.output_shape[-1 if len(shape) == 3 else -2] % 2 == 1  # a phase is a row (or column) shorter
+    assert max(size[0] * ph * pw, size[1] * pw, size[2]) > BLOCK or len(shape) == 5  # passes within a block
+    exact = reference.conv_transpose(x, w, b, **attributes)
+    result = compare(fusion.conv_transpose(x, w, b, **attributes), exact,
+                     bound=site_bound(x, w, b, transposed=True, dtype=dtype, **attributes))
+    assert result.passed, result.summary()
+
+
 @pytest.mark.parametrize("shape, c_out_g, attributes", [
     ((2, 44, 40, 31), 7, dict(strides=[1, 2], pads=[1, 0, 2, 1], output_padding=[0, 1])),
     ((1, 80, 5, 6, 6), 7, dict(strides=[2, 1, 3], pads=[1, 0, 2, 0, 1, 1], dilations=[1, 2, 1])),
     ((1, 9, 700), 6, dict(group=3, strides=[1], pads=[3, 2])),
+    ((1, 12, 45, 64), 7, dict(strides=[2, 2], pads=[1, 1, 1, 1])),
 ], ids=["2-D: row tiles, k-passes, uneven blocks, bands", "3-D: flat tiles, uneven blocks",
-        "1-D stride 1, a row cut into pieces"])
+        "1-D stride 1, a row cut into pieces", "2-D: two row phases of unequal rows, bands"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_tiled_kernel_edges(shape, c_out_g, attributes, dtype):
     """The tiled kernel's edges: output channels that split into blocks of unequal size, more (input channel, tap)
     pairs than one k-pass (``KC``), tiles along rows and along the flat band, three bands of rows or more, a row cut
-    into pieces, a batch of 2; with the bias and with a BN epilogue."""
+    into pieces, two row phases in one task with a row more in one of them, a batch of 2; with the bias and with a
+    BN epilogue."""
     import fusion.ops as ops_module
     from fusion import attrs
     from fusion.kernels.microkernel import MR
@@ -328,7 +363,7 @@ def test_tiled_kernel_edges(shape, c_out_g, attributes, dtype):
     kernel = {4: (3, 4), 5: (3, 2, 3), 3: (5,)}[len(shape)]
     w = rng.standard_normal((shape[1], c_out_g) + kernel).astype(dtype)
     b = rng.standard_normal(group * c_out_g).astype(dtype)
-    # the case covers what its id says
+    # the case covers what its id says (two row phases in one task: strides 2 along both axes of the plane)
     geo = attrs.resolve(x.shape, w.shape, transposed=True, **attributes)
     phase_plan = _lifted_plan(plan, geo)
     pitch_w = phase_plan.padded_shape[2]
@@ -337,10 +372,11 @@ def test_tiled_kernel_edges(shape, c_out_g, attributes, dtype):
     bands = int(phase_plan.phase_counts[:, 1].max()) > 2 * max(1, BAND // pitch_w)  # a whole band between two
     uneven_blocks = c_out_g % -(-c_out_g // MR) != 0
     pieces = int(phase_plan.phase_counts[:, 2].max()) >= 2 * BAND
+    row_phases = tuple(attributes["strides"][-2:]) == (2, 2) and geo.output_shape[-2] % 2 == 1
     # (whatever the tile width, 4 to 32; a single row is the same along rows or flat)
-    covered = {4: (True, True, True, True, False), 5: (False, True, False, True, False),
-               3: (row_tiles, False, False, False, True)}
-    assert (row_tiles, pairs > KC, bands, uneven_blocks, pieces) == covered[len(shape)]
+    covered = {(2, 44): (True, True, True, True, False, False), (1, 80): (False, True, False, True, False, False),
+               (1, 9): (row_tiles, False, False, False, True, False), (1, 12): (True, False, True, True, False, True)}
+    assert (row_tiles, pairs > KC, bands, uneven_blocks, pieces, row_phases) == covered[shape[:2]]
     saved = ops_module.CONV_TRANSPOSE_TILES_MIN_CHANNELS, ops_module.CONV_TRANSPOSE_GEMM_MIN_CHANNELS
     ops_module.CONV_TRANSPOSE_TILES_MIN_CHANNELS, ops_module.CONV_TRANSPOSE_GEMM_MIN_CHANNELS = 1, 10**9
     try:

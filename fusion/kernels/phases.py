@@ -7,10 +7,11 @@ subset of taps, each tap a shifted copy of the input: ``y_r[m] = sum_(ci, k in p
 
 The input is zero-padded so that every shift of every tap stays inside the padded array; a phase's accumulator
 then uses the padded array's row pitches, and each (input channel, tap) pair becomes one long contiguous
-multiply-add over the whole flattened accumulator (the entries that fall in the padding columns are computed and
-discarded). Those long loops vectorize; there is no scatter and no ``cols`` buffer. Each parallel task owns the
+multiply-add over a flattened block of the accumulator (the entries that fall in the padding columns are computed
+and discarded). Those long loops vectorize; there is no scatter and no ``cols`` buffer. Each parallel task owns the
 output planes ``y[n, oc]`` of two neighbouring output channels of one group (they read the same input, so each
-input vector loaded feeds both), so no two threads write the same element.
+input vector loaded feeds both), so no two threads write the same element. A task sums a block of all the phases
+of a depth phase, then writes the block's output rows in order (``store_phases``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ from fusion.kernels.config import PARALLEL, SERIAL, uintp
 # worth. Interleaved A/B in one process on the Zen 4 VM, against 2048: depthwise 0.94-0.975x, small 0.99x; 1024 took
 # 1.04-1.06x, 4096 to 32768 0.95-0.99x.
 BLOCK = 8192
+# Accumulator entries of a task's block, over all the phases of a depth phase (``_block_size``): summed, then stored
+# row after row. 128 KiB of float32, in L2. Interleaved A/B in one process: 16384 and 65536 within 2% of it.
+STORE_BLOCK = 32768
 # (input channel, tap) pairs added per pass over a block: one load and one store of the accumulator per four
 # products instead of per product.
 PAIRS_PER_PASS = 4
@@ -52,7 +56,6 @@ class PhasePlan:
     phase_start: np.ndarray  # (phases + 1,) int64
     tap_index: np.ndarray  # (taps,) int64
     tap_shift: np.ndarray  # (taps,) int64
-    accumulator_length: int
 
 
 def _axis_phases(kernel, stride, dilation, pad, in_size, out_size):
@@ -92,14 +95,11 @@ def plan(input_shape, kernel_shape, strides, dilations, pads_begin, output_shape
         padded_offset.append(before)
     pitch_h, pitch_w = padded_shape[1] * padded_shape[2], padded_shape[2]
     origin, counts, start, index, shift = [], [], [0], [], []
-    length = 1
     for rd, count_d, taps_d in axes[0]:
         for rh, count_h, taps_h in axes[1]:
             for rw, count_w, taps_w in axes[2]:
                 origin.append((rd, rh, rw))
                 counts.append((count_d, count_h, count_w))
-                if count_d and count_h and count_w:
-                    length = max(length, (count_d - 1) * pitch_h + (count_h - 1) * pitch_w + count_w)
                 for kd, cd in taps_d:
                     for kh, ch in taps_h:
                         for kw, cw in taps_w:
@@ -110,7 +110,7 @@ def plan(input_shape, kernel_shape, strides, dilations, pads_begin, output_shape
 
     return PhasePlan(tuple(padded_shape), tuple(padded_offset), read_only_table(origin, 3),
                      read_only_table(counts, 3), read_only_table(start), read_only_table(index),
-                     read_only_table(shift), length)
+                     read_only_table(shift))
 
 
 @njit(**SERIAL)
@@ -130,21 +130,21 @@ def pad_channels(x_channels, padded_shape, padded_offset, out):
 
 
 @njit(inline="always", **SERIAL)
-def _pair(q, first_channel, taps_per_channel, tap_index, tap_shift):
+def _pair(q, first_channel, taps_per_channel, tap_index, tap_shift, start):
     """Pair ``q`` of a phase: input channel ``first_channel + q // taps``, the phase's tap ``q % taps``; returns
-    (input channel, flat tap, the tap's shift into the channel's padded input). A shift to index with rather than
-    a view per pass (measured 0.93-1.0x on the suite's phase-kernel layers)."""
+    (input channel, flat tap, where the pair reads the channel's padded input: ``start`` + the tap's shift). A
+    shift to index with rather than a view per pass (measured 0.93-1.0x on the suite's phase-kernel layers)."""
     c, t = divmod(q, taps_per_channel)
-    return first_channel + c, tap_index[t], uintp(tap_shift[t])
+    return first_channel + c, tap_index[t], uintp(tap_shift[t] + start)
 
 
 @njit(inline="always", **SERIAL)
-def _four_pairs(q, first_channel, taps_per_channel, tap_index, tap_shift):
-    """Pairs ``q .. q+3``: (their input channels, their flat taps, their shifts)."""
-    c0, k0, s0 = _pair(q, first_channel, taps_per_channel, tap_index, tap_shift)
-    c1, k1, s1 = _pair(q + 1, first_channel, taps_per_channel, tap_index, tap_shift)
-    c2, k2, s2 = _pair(q + 2, first_channel, taps_per_channel, tap_index, tap_shift)
-    c3, k3, s3 = _pair(q + 3, first_channel, taps_per_channel, tap_index, tap_shift)
+def _four_pairs(q, first_channel, taps_per_channel, tap_index, tap_shift, start):
+    """Pairs ``q .. q+3``: (their input channels, their flat taps, where they read)."""
+    c0, k0, s0 = _pair(q, first_channel, taps_per_channel, tap_index, tap_shift, start)
+    c1, k1, s1 = _pair(q + 1, first_channel, taps_per_channel, tap_index, tap_shift, start)
+    c2, k2, s2 = _pair(q + 2, first_channel, taps_per_channel, tap_index, tap_shift, start)
+    c3, k3, s3 = _pair(q + 3, first_channel, taps_per_channel, tap_index, tap_shift, start)
     return (c0, c1, c2, c3), (k0, k1, k2, k3), (s0, s1, s2, s3)
 
 
@@ -156,117 +156,203 @@ def _weights(w, j, channels, taps):
 
 
 @njit(**SERIAL)
-def _add_pairs(acc, lo, hi, xp_n, w, j, first_channel, taps_per_channel, pairs, tap_index, tap_shift):
-    """``acc[lo:hi] = sum over the phase's pairs of w[ci, j, tap] * xp_n[ci, lo+shift : hi+shift]``, four pairs a
-    pass (``tap_index``/``tap_shift`` are the phase's slices of the plan's tables). The first pass assigns, so
-    ``acc`` needs no zeroing (a phase without pairs is zeroed)."""
+def _add_pairs(acc, count, start, xp_n, w, j, first_channel, taps_per_channel, pairs, tap_index, tap_shift):
+    """``acc[:count] = sum over the phase's pairs of w[ci, j, tap] * xp_n[ci, start+shift : start+shift+count]``,
+    four pairs a pass (``tap_index``/``tap_shift`` are the phase's slices of the plan's tables). The first pass
+    assigns, so ``acc`` needs no zeroing (a phase without pairs is zeroed)."""
     if pairs == 0:
-        acc[lo:hi] = 0
+        acc[:count] = 0
     q = 0
     while q < pairs:
         if q + PAIRS_PER_PASS <= pairs:
-            channels, taps, (s0, s1, s2, s3) = _four_pairs(q, first_channel, taps_per_channel, tap_index, tap_shift)
+            channels, taps, (s0, s1, s2, s3) = _four_pairs(q, first_channel, taps_per_channel, tap_index, tap_shift, start)
             c0, c1, c2, c3 = channels
             a0, a1, a2, a3 = _weights(w, j, channels, taps)
             if q == 0:
-                for k in range(lo, hi):
+                for k in range(count):
                     u = uintp(k)
                     acc[u] = a0 * xp_n[c0, s0 + u] + a1 * xp_n[c1, s1 + u] + a2 * xp_n[c2, s2 + u] + \
                         a3 * xp_n[c3, s3 + u]
             else:
-                for k in range(lo, hi):
+                for k in range(count):
                     u = uintp(k)
                     acc[u] += a0 * xp_n[c0, s0 + u] + a1 * xp_n[c1, s1 + u] + a2 * xp_n[c2, s2 + u] + \
                         a3 * xp_n[c3, s3 + u]
             q += PAIRS_PER_PASS
         else:
-            c0, k0, s0 = _pair(q, first_channel, taps_per_channel, tap_index, tap_shift)
+            c0, k0, s0 = _pair(q, first_channel, taps_per_channel, tap_index, tap_shift, start)
             a0 = w[c0, j, k0]
             if q == 0:
-                for k in range(lo, hi):
+                for k in range(count):
                     acc[uintp(k)] = a0 * xp_n[c0, s0 + uintp(k)]
             else:
-                for k in range(lo, hi):
+                for k in range(count):
                     acc[uintp(k)] += a0 * xp_n[c0, s0 + uintp(k)]
             q += 1
 
 
 @njit(**SERIAL)
-def _add_pairs_two(acc_a, acc_b, lo, hi, xp_n, w, j, first_channel, taps_per_channel, pairs, tap_index, tap_shift):
+def _add_pairs_two(acc_a, acc_b, count, start, xp_n, w, j, first_channel, taps_per_channel, pairs, tap_index,
+                   tap_shift):
     """``_add_pairs`` for output channels ``j`` (into ``acc_a``) and ``j + 1`` (into ``acc_b``) in one loop, so that
     every input vector loaded feeds both (measured 1.27x on 64 input channels per group). Two separate functions:
     one loop that branched on the channel count measured up to 3x slower."""
     if pairs == 0:
-        acc_a[lo:hi] = 0
-        acc_b[lo:hi] = 0
+        acc_a[:count] = 0
+        acc_b[:count] = 0
     q = 0
     while q < pairs:
         if q + PAIRS_PER_PASS <= pairs:
-            channels, taps, (s0, s1, s2, s3) = _four_pairs(q, first_channel, taps_per_channel, tap_index, tap_shift)
+            channels, taps, (s0, s1, s2, s3) = _four_pairs(q, first_channel, taps_per_channel, tap_index, tap_shift, start)
             c0, c1, c2, c3 = channels
             (a0, a1, a2, a3), (b0, b1, b2, b3) = _weights(w, j, channels, taps), _weights(w, j + 1, channels, taps)
             if q == 0:
-                for k in range(lo, hi):
+                for k in range(count):
                     u = uintp(k)
                     v0, v1, v2, v3 = xp_n[c0, s0 + u], xp_n[c1, s1 + u], xp_n[c2, s2 + u], xp_n[c3, s3 + u]
                     acc_a[u] = a0 * v0 + a1 * v1 + a2 * v2 + a3 * v3
                     acc_b[u] = b0 * v0 + b1 * v1 + b2 * v2 + b3 * v3
             else:
-                for k in range(lo, hi):
+                for k in range(count):
                     u = uintp(k)
                     v0, v1, v2, v3 = xp_n[c0, s0 + u], xp_n[c1, s1 + u], xp_n[c2, s2 + u], xp_n[c3, s3 + u]
                     acc_a[u] += a0 * v0 + a1 * v1 + a2 * v2 + a3 * v3
                     acc_b[u] += b0 * v0 + b1 * v1 + b2 * v2 + b3 * v3
             q += PAIRS_PER_PASS
         else:
-            c0, k0, s0 = _pair(q, first_channel, taps_per_channel, tap_index, tap_shift)
+            c0, k0, s0 = _pair(q, first_channel, taps_per_channel, tap_index, tap_shift, start)
             a0, b0 = w[c0, j, k0], w[c0, j + 1, k0]
             if q == 0:
-                for k in range(lo, hi):
+                for k in range(count):
                     v0 = xp_n[c0, s0 + uintp(k)]
                     acc_a[uintp(k)], acc_b[uintp(k)] = a0 * v0, b0 * v0
             else:
-                for k in range(lo, hi):
+                for k in range(count):
                     v0 = xp_n[c0, s0 + uintp(k)]
                     acc_a[uintp(k)] += a0 * v0
                     acc_b[uintp(k)] += b0 * v0
             q += 1
 
 
-@njit(**SERIAL)
-def store_phases(acc, origin, counts, strides, pitch_h, pitch_w, first_column, scale, shift, out):
-    """``out[s*m + r] = acc[rw, m_flat] * scale + shift`` for the ``sw`` phases that share one (depth, row) phase;
-    along a row, ``m`` counts from ``first_column``.
+@njit(inline="always", **SERIAL)
+def block_extent(counts, p, first, size):
+    """(depths, rows, columns) of phase ``p`` (``counts[p]`` its whole extent) inside the block that starts at
+    ``first = (d0, h0, w0)`` and spans at most ``size``."""
+    return (max(0, min(first[0] + size[0], counts[p, 0]) - first[0]),
+            max(0, min(first[1] + size[1], counts[p, 1]) - first[1]),
+            max(0, min(first[2] + size[2], counts[p, 2]) - first[2]))
 
-    One call per phase group, not per row: a call per output row cost more than the row's stores. Indices rather
-    than a view per row (0.96-0.98x on the 3-D layer, whose rows are 16 wide)."""
+
+@njit(**SERIAL)
+def store_phases(acc, counts, first, size, origin, strides, pitch_h, pitch_w, scale, shift, out):
+    """``out[s_d*m_d + o_d, s_h*m_h + o_h + rh, s_w*m_w + rw] = acc[rh*s_w + rw, m_flat] * scale + shift`` for the
+    phases (``rh``, ``rw``) of one depth phase held in ``acc`` (``acc.shape[0] // s_w`` row phases of ``s_w`` phases
+    each; ``counts[rh*s_w + rw]`` their extents, ``origin = (o_d, o_h, 0)`` the first one's) within the block of
+    ``block_extent(counts, p, first, size)``: ``m = first + (i_d, i_h, i_w)``, ``m_flat = i_d*pitch_h + i_h*pitch_w +
+    i_w``.
+
+    Output row after output row: storing one row phase's rows, then the next one's, took up to 1.25x the time of a
+    depthwise layer whose output is not in cache (writing every other row defeats the prefetchers). One call per
+    block, not per row: a call per output row cost more than the row's stores. Indices rather than a view per row
+    (0.96-0.98x on the 3-D layer, whose rows are 16 wide)."""
     sd, sh, sw = strides
-    two, step, base = uintp(2), uintp(sw), uintp(sw * first_column)
-    for md in range(counts[0, 0]):
-        o_d = sd * md + origin[0]
-        for mh in range(counts[0, 1]):
-            o_h = sh * mh + origin[1]
-            rows = uintp(md * pitch_h + mh * pitch_w)
-            if sw == 2:
-                # both phases in one loop: a pair of interleaved stores, which LLVM vectorizes (a lone stride-2
-                # store it does not)
-                for m in range(counts[1, 2]):
-                    u = uintp(m)
-                    out[o_d, o_h, base + two * u] = acc[0, rows + u] * scale + shift
-                    out[o_d, o_h, base + two * u + uintp(1)] = acc[1, rows + u] * scale + shift
-                for m in range(counts[1, 2], counts[0, 2]):
-                    u = uintp(m)
-                    out[o_d, o_h, base + two * u] = acc[0, rows + u] * scale + shift
-            else:
-                for rw in range(sw):
-                    for m in range(counts[rw, 2]):
+    row_phases = acc.shape[0] // sw
+    two, step, base = uintp(2), uintp(sw), uintp(sw * first[2])
+    # a phase's columns depend on its phase along the row only, its rows on its row phase only
+    depths, rows, columns = block_extent(counts, 0, first, size)
+    both = block_extent(counts, 1, first, size)[2] if sw == 2 else 0
+    for rh in range(1, row_phases):
+        rows = max(rows, block_extent(counts, rh * sw, first, size)[1])
+    for i_d in range(depths):
+        o_d = sd * (first[0] + i_d) + origin[0]
+        for i_h in range(rows):
+            h = first[1] + i_h
+            at = uintp(i_d * pitch_h + i_h * pitch_w)
+            for rh in range(row_phases):
+                p = rh * sw
+                if h >= counts[p, 1]:
+                    continue
+                o_h = sh * h + origin[1] + rh
+                if sw == 2:
+                    # both phases in one loop: a pair of interleaved stores, which LLVM vectorizes (a lone stride-2
+                    # store it does not)
+                    for m in range(both):
                         u = uintp(m)
-                        out[o_d, o_h, base + step * u + uintp(rw)] = acc[rw, rows + u] * scale + shift
+                        out[o_d, o_h, base + two * u] = acc[p, at + u] * scale + shift
+                        out[o_d, o_h, base + two * u + uintp(1)] = acc[p + 1, at + u] * scale + shift
+                    for m in range(both, columns):
+                        u = uintp(m)
+                        out[o_d, o_h, base + two * u] = acc[p, at + u] * scale + shift
+                elif sw == 1:
+                    for m in range(columns):
+                        u = uintp(m)
+                        out[o_d, o_h, base + u] = acc[p, at + u] * scale + shift
+                else:
+                    for rw in range(sw):
+                        for m in range(block_extent(counts, rw, first, size)[2]):
+                            u = uintp(m)
+                            out[o_d, o_h, base + step * u + uintp(rw)] = acc[p + rw, at + u] * scale + shift
+
+
+@njit(inline="always", **SERIAL)
+def _even_split(length, most):
+    """The size of each of the fewest even parts of ``length`` that are at most ``most`` long (at least 1)."""
+    parts = max(1, -(-length // max(1, most)))
+    return max(1, -(-length // parts))
+
+
+@njit(**SERIAL)
+def most_counts(phase_counts):
+    """The most depths, rows and columns of any phase."""
+    most_d, most_h, most_w = 0, 0, 0
+    for r in range(phase_counts.shape[0]):
+        most_d, most_h = max(most_d, phase_counts[r, 0]), max(most_h, phase_counts[r, 1])
+        most_w = max(most_w, phase_counts[r, 2])
+    return most_d, most_h, most_w
+
+
+@njit(**SERIAL)
+def _block_size(phase_counts, plane_phases, pitch_h, pitch_w):
+    """(depths, rows, columns) of a block: as many whole depths as keep the sums of ``plane_phases`` phases within
+    ``STORE_BLOCK`` entries, else as many whole rows, else a piece of one row; the parts as even as can be (no last
+    part of a row or two)."""
+    most_d, most_h, most_w = most_counts(phase_counts)
+    if plane_phases * pitch_h <= STORE_BLOCK:
+        return _even_split(most_d, STORE_BLOCK // (plane_phases * pitch_h)), most_h, most_w
+    if plane_phases * pitch_w <= STORE_BLOCK:
+        return 1, _even_split(most_h, STORE_BLOCK // (plane_phases * pitch_w)), most_w
+    return 1, 1, _even_split(most_w, STORE_BLOCK // plane_phases)
+
+
+@njit(**SERIAL)
+def _block_sums(acc, counts, first, size, plane_first, pitch_h, pitch_w, xp, w, j, two, first_channel, c_in_g,
+                phase_start, tap_index, tap_shift):
+    """``acc[e, p, m_flat]``: the sums of output channel ``j + e`` (``e`` < 2 if ``two`` else 1) in phase
+    ``plane_first + p`` over the block ``block_extent(counts, p, first, size)``, flat in the padded pitches from the
+    block's first position; in passes of ``BLOCK`` entries."""
+    start = first[0] * pitch_h + first[1] * pitch_w + first[2]
+    for p in range(acc.shape[1]):
+        depths, rows, columns = block_extent(counts, p, first, size)
+        if rows == 0 or columns == 0:
+            continue
+        count = (depths - 1) * pitch_h + (rows - 1) * pitch_w + columns
+        r = plane_first + p
+        taps = phase_start[r + 1] - phase_start[r]
+        phase_index = tap_index[phase_start[r]:phase_start[r + 1]]
+        phase_shift = tap_shift[phase_start[r]:phase_start[r + 1]]
+        for lo in range(0, count, BLOCK):
+            length = min(BLOCK, count - lo)
+            if two:
+                _add_pairs_two(acc[0, p, lo:], acc[1, p, lo:], length, start + lo, xp, w, j, first_channel, taps,
+                               c_in_g * taps, phase_index, phase_shift)
+            else:
+                _add_pairs(acc[0, p, lo:], length, start + lo, xp, w, j, first_channel, taps, c_in_g * taps,
+                           phase_index, phase_shift)
 
 
 @njit(**PARALLEL)
 def conv_transpose_phases(x, w, scale, shift, group, strides, padded_shape, padded_offset, phase_origin, phase_counts,
-                          phase_start, tap_index, tap_shift, accumulator_length, y):
+                          phase_start, tap_index, tap_shift, y):
     """``y[:, oc] = ConvTranspose(x, w)[:, oc] * scale[oc] + shift[oc]``: the bias alone is ``scale = 1, shift = b``;
     a BN/Scale epilogue ``(conv + b - sub) * mul + add`` is ``scale = mul, shift = (b - sub) * mul + add``.
 
@@ -276,7 +362,10 @@ def conv_transpose_phases(x, w, scale, shift, group, strides, padded_shape, padd
     Where a group's input feeds a single task (depthwise), the task pads it into a buffer of its own, which stays
     in cache (measured 0.72-0.88x on depthwise 128 k4 s2 64^2). Where several tasks read a large group, padding
     per task repeats the copy (1.15-1.2x on 64 input channels per group), so a first parallel loop pads the input
-    once for all."""
+    once for all.
+
+    A task sums all the phases of a depth phase over a block (``_block_size``), then stores the block's output rows
+    in order (``store_phases``)."""
     n_batch = y.shape[0]
     c_in = x.shape[1]
     c_out_g = w.shape[1]
@@ -291,7 +380,9 @@ def conv_transpose_phases(x, w, scale, shift, group, strides, padded_shape, padd
         for channel in prange(n_batch * c_in):
             n, c = channel // c_in, channel % c_in
             pad_channels(x[n, c:c + 1], padded_shape, padded_offset, shared[n, c:c + 1])
-    sw = strides[2]
+    plane_phases = strides[1] * strides[2]
+    _, most_h, most_w = most_counts(phase_counts)
+    size = _block_size(phase_counts, plane_phases, pitch_h, pitch_w)
     for task in prange(n_batch * group * blocks_per_group):
         n = task // (group * blocks_per_group)
         rest = task % (group * blocks_per_group)
@@ -299,33 +390,21 @@ def conv_transpose_phases(x, w, scale, shift, group, strides, padded_shape, padd
         j = 2 * block
         two = j + 1 < c_out_g
         oc = g * c_out_g + j
-        acc = np.empty((2, sw, accumulator_length), y.dtype)  # each phase's first pass assigns its span
+        acc = np.empty((2, plane_phases, (size[0] - 1) * pitch_h + (size[1] - 1) * pitch_w + size[2]), y.dtype)
         if pad_per_task:
             xp = np.empty((c_in_g, padded_length), x.dtype)
             pad_channels(x[n, g * c_in_g:(g + 1) * c_in_g], padded_shape, padded_offset, xp)
             w_task, first_channel = w[g * c_in_g:(g + 1) * c_in_g], 0
         else:
             xp, w_task, first_channel = shared[n], w, g * c_in_g
-        for first in range(0, phase_origin.shape[0], sw):
-            counts = phase_counts[first:first + sw]
-            if counts[0, 0] == 0 or counts[0, 1] == 0 or counts[0, 2] == 0:
-                continue
-            for rw in range(sw):
-                r = first + rw
-                if counts[rw, 2] == 0:
-                    continue
-                length = (counts[rw, 0] - 1) * pitch_h + (counts[rw, 1] - 1) * pitch_w + counts[rw, 2]
-                taps = phase_start[r + 1] - phase_start[r]
-                phase_index = tap_index[phase_start[r]:phase_start[r + 1]]
-                phase_shift = tap_shift[phase_start[r]:phase_start[r + 1]]
-                for lo in range(0, length, BLOCK):
-                    hi = min(length, lo + BLOCK)
-                    if two:
-                        _add_pairs_two(acc[0, rw], acc[1, rw], lo, hi, xp, w_task, j, first_channel, taps,
-                                       c_in_g * taps, phase_index, phase_shift)
-                    else:
-                        _add_pairs(acc[0, rw], lo, hi, xp, w_task, j, first_channel, taps, c_in_g * taps, phase_index,
-                                   phase_shift)
-            for e in range(2 if two else 1):
-                store_phases(acc[e], phase_origin[first], counts, strides, pitch_h, pitch_w, 0, scale[oc + e],
-                             shift[oc + e], y[n, oc + e])
+        for plane_first in range(0, phase_origin.shape[0], plane_phases):
+            counts = phase_counts[plane_first:plane_first + plane_phases]
+            for d0 in range(0, counts[0, 0], size[0]):
+                for h0 in range(0, most_h, size[1]):
+                    for w0 in range(0, most_w, size[2]):
+                        first = (d0, h0, w0)
+                        _block_sums(acc, counts, first, size, plane_first, pitch_h, pitch_w, xp, w_task, j, two,
+                                    first_channel, c_in_g, phase_start, tap_index, tap_shift)
+                        for e in range(2 if two else 1):
+                            store_phases(acc[e], counts, first, size, phase_origin[plane_first], strides, pitch_h,
+                                         pitch_w, scale[oc + e], shift[oc + e], y[n, oc + e])

@@ -9,9 +9,10 @@ laid-out input at an offset, never copied; ``C`` is a task's accumulator. ``fusi
 computes (block) x ``NR`` of ``C`` in registers. Against ``phases``, each loaded input vector feeds up to ``MR``
 output channels instead of two; against GEMM + col2im (or im2col + GEMM) there is no ``cols`` buffer.
 
-A task owns the outputs of one (batch, group, row phase, depth, band of rows or piece of a long row), for the
-``strides[2]`` phases that interleave along a row: every output channel of the group, or one part of them when there
-are too few tasks for the threads. No two tasks write the same element.
+A task owns the outputs of one (batch, group, depth phase, depth, band of rows or piece of a long row), for the
+``strides[1] * strides[2]`` phases of the depth phase, which it stores output row after output row
+(``fusion.kernels.phases.store_phases``): every output channel of the group, or one part of them when there are too
+few tasks for the threads. No two tasks write the same element.
 """
 
 from __future__ import annotations
@@ -21,15 +22,16 @@ from numba import njit, prange
 
 from fusion.kernels.config import PARALLEL, SERIAL
 from fusion.kernels.microkernel import MR, VECTOR_BYTES, tile, tile_width
-from fusion.kernels.phases import pad_channels, store_phases
+from fusion.kernels.phases import block_extent, most_counts, pad_channels, store_phases
 
 # k per pass over a band of C. With 256-bit vectors a B panel of KC x NR (float32: 8 KiB) stays in L1 while every
 # block of output channels reads it (measured against 64, 96, 192, 256 and 512 on the 256->128 k4 decoder and its
 # group-4 twin: 128 best). With 512-bit vectors, fewer passes over C won: 256 took 0.984-0.995x the time of 128 on
 # both decoders, 32 and 64 took 1.02-1.12x, 512 to 4096 0.98-1.01x (interleaved in one process).
 KC = 256 if VECTOR_BYTES == 64 else 128
-# Flat positions (in the padded pitches) a task covers per phase, about: its C, (phases along a row) x (output
-# channels of the group) x BAND, stays in L2.
+# Flat positions (in the padded pitches) a task covers per phase, about: its C, (phases of a depth phase) x (output
+# channels of the group) x BAND, stays in L2 (the 256->128 decoder's: 540 KiB, of the Zen 4's 1 MiB). Interleaved A/B
+# in one process, 128 against 256: 0.98-0.99x the time on the decoder, 1.1x on the 3-D layer.
 BAND = 256
 # Parallel tasks wanted per thread: with fewer, the last task of the busiest thread leaves the others idle.
 TASKS_PER_THREAD = 4
@@ -95,12 +97,10 @@ def tiled_gemms(b, channel_length, pitch_h, pitch_w, w, w_strides, group, c_in_g
                 b_offsets[r, ci * taps + t] = ci * channel_length + tap_shift[phase_start[r] + t]
                 a_offsets[r, ci * taps + t] = ci * w_strides[1] + tap_index[phase_start[r] + t]
 
-    sw = strides[2]
-    row_phases = phases // sw
-    most_d, most_h, most_w = 0, 0, 0
-    for r in range(phases):
-        most_d, most_h = max(most_d, phase_counts[r, 0]), max(most_h, phase_counts[r, 1])
-        most_w = max(most_w, phase_counts[r, 2])
+    sh, sw = strides[1], strides[2]
+    plane_phases = sh * sw  # the phases of one depth phase: a task's, stored together row by row
+    depth_phases = phases // plane_phases
+    most_d, most_h, most_w = most_counts(phase_counts)
     # as many bands as rows of about BAND positions make, rounded to the nearest: no band of a few leftover rows that
     # reads every weight again for them (3-D layer: 0.93x)
     bands = max(1, min(most_h, (2 * most_h * pitch_w + BAND) // (2 * BAND)))
@@ -109,7 +109,7 @@ def tiled_gemms(b, channel_length, pitch_h, pitch_w, w, w_strides, group, c_in_g
     # and the threads share the row.
     pieces = max(1, most_w // BAND)
     piece_width = (((most_w + pieces - 1) // pieces + nr - 1) // nr) * nr
-    tasks = n_batch * group * row_phases * most_d * bands * pieces
+    tasks = n_batch * group * depth_phases * most_d * bands * pieces
     # Too few tasks to keep every thread busy to the end (a layer of one group and few rows): each task's blocks of
     # output channels are split into parts, which re-read the task's input panels.
     parts = 1
@@ -124,56 +124,49 @@ def tiled_gemms(b, channel_length, pitch_h, pitch_w, w, w_strides, group, c_in_g
         rest //= bands
         md = rest % most_d
         rest //= most_d
-        first = (rest % row_phases) * sw
-        rest //= row_phases
+        plane_first = (rest % depth_phases) * plane_phases
+        rest //= depth_phases
         g, n = rest % group, rest // group
-        counts = phase_counts[first:first + sw]
-        h0 = band * band_rows
-        if md >= counts[0, 0] or h0 >= counts[0, 1]:
-            continue
-        h1 = min(counts[0, 1], h0 + band_rows)
-        w0 = piece * piece_width
-        band_counts = counts.copy()
-        band_counts[:, 0] = 1
-        band_counts[:, 1] = h1 - h0
-        widest = 0
-        for rw in range(sw):
-            band_counts[rw, 2] = min(max(0, counts[rw, 2] - w0), piece_width)
-            widest = max(widest, band_counts[rw, 2])
-        if widest == 0:
+        counts = phase_counts[plane_first:plane_first + plane_phases]
+        h0, w0 = band * band_rows, piece * piece_width
+        block_first, block_size = (md, h0, w0), (1, band_rows, piece_width)
+        rows, widest = 0, 0
+        for p in range(plane_phases):
+            _, phase_rows, columns = block_extent(counts, p, block_first, block_size)
+            rows, widest = max(rows, phase_rows), max(widest, columns)
+        if md >= counts[0, 0] or rows == 0 or widest == 0:
             continue
         # Tiles along each output row where a row's outputs round up to whole tiles within the padded pitch
         # (then no tile computes the padding columns between rows); else along the flat band.
         row_tiles = (widest + nr - 1) // nr
         along_rows = row_tiles * nr <= pitch_w
-        span = (h1 - 1 - h0) * pitch_w + row_tiles * nr
-        flat_tiles = (span + nr - 1) // nr
-        span = flat_tiles * nr
-        position_tiles = (h1 - h0) * row_tiles if along_rows else flat_tiles
+        span = ((((rows - 1) * pitch_w + row_tiles * nr) + nr - 1) // nr) * nr
         block_lo, block_hi = part * blocks // parts, (part + 1) * blocks // parts
         channel_lo = _block(block_lo, blocks, c_out_g)[0]
         last_first, last_rows = _block(block_hi - 1, blocks, c_out_g)
         channels = last_first + last_rows - channel_lo
-        acc = np.empty((channels, sw, span), y.dtype)  # acc[j]: C-contiguous, for store_phases' vector loops
+        acc = np.empty((channels, plane_phases, span), y.dtype)  # acc[j]: C-contiguous, for store_phases' loops
         c = acc.reshape(-1)
         start = md * pitch_h + h0 * pitch_w + w0
         b_base = (n * c_in + g * c_in_g) * channel_length + start
-        for rw in range(sw):
-            r = first + rw
-            if band_counts[rw, 2] == 0:
+        for p in range(plane_phases):
+            r = plane_first + p
+            _, phase_rows, columns = block_extent(counts, p, block_first, block_size)
+            if phase_rows == 0 or columns == 0:
                 continue
+            flat_tiles = ((phase_rows - 1) * pitch_w + row_tiles * nr + nr - 1) // nr
+            position_tiles = phase_rows * row_tiles if along_rows else flat_tiles
             k_count = c_in_g * (phase_start[r + 1] - phase_start[r])
             for k_first in range(0, max(1, k_count), KC):
                 for q in range(position_tiles):
-                    p = (q // row_tiles) * pitch_w + (q % row_tiles) * nr if along_rows else q * nr
+                    at = (q // row_tiles) * pitch_w + (q % row_tiles) * nr if along_rows else q * nr
                     for block in range(block_lo, block_hi):
-                        first_channel, rows = _block(block, blocks, c_out_g)
-                        tile(rows, c, ((first_channel - channel_lo) * sw + rw) * span + p, sw * span, w,
-                             g * w_strides[0] + first_channel * w_strides[2], a_offsets[r], w_strides[2], b,
-                             b_base + p, b_offsets[r], k_first, min(KC, k_count - k_first), k_first > 0)
-        origin = phase_origin[first].copy()
-        origin[0] += strides[0] * md
-        origin[1] += strides[1] * h0
+                        first_channel, block_channels = _block(block, blocks, c_out_g)
+                        tile(block_channels, c, ((first_channel - channel_lo) * plane_phases + p) * span + at,
+                             plane_phases * span, w, g * w_strides[0] + first_channel * w_strides[2], a_offsets[r],
+                             w_strides[2], b, b_base + at, b_offsets[r], k_first, min(KC, k_count - k_first),
+                             k_first > 0)
         for j in range(channels):
             oc = g * c_out_g + channel_lo + j
-            store_phases(acc[j], origin, band_counts, strides, 0, pitch_w, w0, scale[oc], shift[oc], y[n, oc])
+            store_phases(acc[j], counts, block_first, block_size, phase_origin[plane_first], strides, 0, pitch_w,
+                         scale[oc], shift[oc], y[n, oc])
