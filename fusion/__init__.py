@@ -16,12 +16,12 @@ from fusion.ops import batch_norm, channel_affine, conv, conv_transpose, conv_tr
 __version__ = "0.1.0"
 
 
-def check_model(model_path, *, mnn=None, converter=None, seed=0, timeout=120.0):
+def check_model(model_path, *, mnn=None, converter=None, seed=0, timeout=120.0, runs=2):
     """``fusion check`` as a function: judge every site of an ONNX model against MNN; returns a ``ModelReport``."""
     from fusion.check import check as run_check
     from fusion.engines.mnn import MNNEngine
 
-    return run_check(model_path, MNNEngine(converter, timeout=timeout), converted=mnn, seed=seed)
+    return run_check(model_path, MNNEngine(converter, timeout=timeout), converted=mnn, seed=seed, runs=runs)
 
 
 __all__ = [

@@ -29,6 +29,8 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--seed", type=int, default=0, help="seed of the random model inputs (default 0)")
     check.add_argument("--timeout", type=float, default=120.0, help="seconds before an engine step counts as hung")
     check.add_argument("--threads", type=int, default=1, help="MNN CPU threads")
+    check.add_argument("--runs", type=int, default=2,
+                       help="engine runs per site on the same input; an output that changes is a finding (default 2)")
     fuse = commands.add_parser("fuse", help="fold every foldable site of a model and verify it",
                                description="Fold each Conv/ConvTranspose + BatchNormalization or per-channel Mul/Add "
                                "with fusion.fold, verify the folded model with onnxruntime against the reference "
@@ -75,13 +77,13 @@ def _check(args, console: Console) -> int:
     with Progress(console=console, transient=True) as progress:
         if args.model:
             task = progress.add_task("checking sites", total=None)
-            reports.append(check(args.model, engine, converted=args.mnn, seed=args.seed,
+            reports.append(check(args.model, engine, converted=args.mnn, seed=args.seed, runs=args.runs,
                                  progress=lambda done, total: progress.update(task, completed=done, total=total)))
         else:
             specs = demo_specs()
             task = progress.add_task("checking the demo models", total=len(specs))
             for spec in specs:
-                reports.append(check(None, engine, model=build(spec), name=spec.name, seed=args.seed))
+                reports.append(check(None, engine, model=build(spec), name=spec.name, seed=args.seed, runs=args.runs))
                 progress.advance(task)
     print_reports(reports, console)
     if args.json_path:

@@ -131,7 +131,9 @@ def judge(spec: SiteSpec, engine, index: int = -1) -> Outcome:
 
     started = time.perf_counter()
     try:
-        report = check(None, engine, model=build(spec), name=spec.name)
+        # one engine run per configuration: a campaign spends the repeat run of ``fusion check`` on more
+        # configurations instead
+        report = check(None, engine, model=build(spec), name=spec.name, runs=1)
     except Exception as error:  # one configuration must never end a campaign: record it, and it is ours to fix
         explanations = [f"fusion could not judge this configuration: {type(error).__name__}: {error}"]
         return Outcome(index, spec.to_dict(), "fail", list(signature(explanations)), explanations, [],

@@ -278,3 +278,35 @@ def test_onnxruntime_is_judged_through_the_same_adapter_protocol():
         (site,) = check(None, engine, model=build(spec), name=spec.name).sites
         assert site.status == "pass", (spec.name, site.explanations)
         assert site.output.passed
+
+
+def test_an_unrepeatable_output_is_a_finding(capsys):
+    """An engine whose output changes from run to run on the same input (MNN 3.6.1 once returned -8.8e37 in two
+    channels of a site it otherwise computes right) fails with that said, judged by its worst run; a second run is
+    what finds it; a difference within the bound is a note; a site that repeats itself passes."""
+    from fusion.engines.planted import PlantedEngine
+
+    specs = {spec.name: spec for spec in demo_specs()}
+    model = build(specs["deconv3d_g2_mul_add_nobias"])
+    (site,) = check(None, PlantedEngine("unrepeatable_3d"), model=model, name="3-D").sites
+    assert site.status == "fail" and not site.output.passed
+    assert site.explanations[0].startswith("the engine's output is not repeatable: run 2 on the same input differs "
+                                           "from run 1 in ")
+    assert "in output channels [1]; run 1 passes, run 2 fails" in site.explanations[0]
+    (once,) = check(None, PlantedEngine("unrepeatable_3d"), model=model, name="3-D", runs=1).sites
+    assert once.status == "pass"
+    (flat,) = check(None, PlantedEngine("unrepeatable_3d"), model=build(specs["deconv2d_g4_bn"]), name="2-D").sites
+    assert flat.status == "pass" and not flat.notes
+
+    class LastBitEngine(PlantedEngine):
+        def run(self, prepared, feeds, output):
+            y = super().run(prepared, feeds, output)
+            return np.nextafter(y, np.float32(np.inf)) if prepared.runs > 1 else y
+
+    (close,) = check(None, LastBitEngine("none"), model=model, name="3-D").sites
+    assert close.status == "pass"
+    assert close.notes[-1].endswith("run 1 passes, run 2 passes")
+    with pytest.raises(fusion.FusionInputError, match="runs must be at least 1"):
+        check(None, PlantedEngine("none"), model=model, runs=0)
+    assert main(["check", "--runs", "0"]) == 2
+    assert "runs must be at least 1" in capsys.readouterr().err

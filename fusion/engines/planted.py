@@ -1,8 +1,10 @@
 """An engine with planted defects, computed with this package's own kernels: for testing campaigns and checks.
 
 ``defect`` is one of ``none``, ``legacy_fold`` (MNN <= 2.9.1 per-group misindexing on ConvTranspose),
-``drop_bias_rank`` (the fused bias is lost on sites of rank ``rank``) or ``crash_3d`` (the "converter" aborts on
-3-D sites, in a real child process). It needs no converter, so a sweep against it runs in seconds.
+``drop_bias_rank`` (the fused bias is lost on sites of rank ``rank``), ``crash_3d`` (the "converter" aborts on
+3-D sites, in a real child process) or ``unrepeatable_3d`` (a 3-D site's runs after its first return -8.8e37
+in output channel 1, as MNN 3.6.1 once did in two channels). It needs no converter, so a sweep against it runs in
+seconds.
 """
 
 from __future__ import annotations
@@ -20,13 +22,14 @@ from fusion.fold import fold_affine
 from fusion.graph.model import load
 from fusion.graph.sites import Site, find_sites
 
-DEFECTS = ("none", "legacy_fold", "drop_bias_rank", "crash_3d")
+DEFECTS = ("none", "legacy_fold", "drop_bias_rank", "crash_3d", "unrepeatable_3d")
 
 
 @dataclass
 class PlantedModel:
     path: Path
     site: Site
+    runs: int = 0
 
 
 class PlantedEngine:
@@ -65,7 +68,11 @@ class PlantedEngine:
         site = prepared.site
         w, b = self._params(site)
         convolve = ops.conv_transpose if site.transposed else ops.conv
-        return convolve(np.asarray(feeds[site.input_name], np.float32), w, b, **site.attributes)
+        y = convolve(np.asarray(feeds[site.input_name], np.float32), w, b, **site.attributes)
+        prepared.runs += 1
+        if self.defect == "unrepeatable_3d" and site.rank == 3 and prepared.runs > 1:
+            y[:, 1] = -8.8e37
+        return y
 
     def site_params(self, prepared: PlantedModel, site: Site) -> EngineParams:
         w, b = self._params(prepared.site)
