@@ -226,7 +226,8 @@ def judge_params(site: Site, ref: Reference, params: EngineParams) -> tuple[Para
     return ParamCheck(weight, bias, passed, kept), explanations, notes
 
 
-def unrepeatable(first: np.ndarray, again: np.ndarray, run: int, results: tuple[Comparison, Comparison]) -> str:
+def unrepeatable(first: np.ndarray, again: np.ndarray, run: int, results: tuple[Comparison, Comparison],
+                 converted_again: bool) -> str:
     """Says how run ``run`` of the engine on the same input differed from its first; ``results``: both judged."""
     first64, again64 = first.astype(np.float64), again.astype(np.float64)
     differs = ~((first64 == again64) | (np.isnan(first64) & np.isnan(again64)))
@@ -234,22 +235,25 @@ def unrepeatable(first: np.ndarray, again: np.ndarray, run: int, results: tuple[
         largest = float(np.nanmax(np.where(differs, np.abs(first64 - again64), 0.0)))
     channels = np.unique(np.nonzero(differs)[1]).tolist() if differs.ndim > 1 else []
     verdicts = ", ".join(f"run {n} {'passes' if r.passed else 'fails'}" for n, r in zip((1, run), results))
-    return (f"the engine's output is not repeatable: run {run} on the same input differs from run 1 in "
+    again_how = f"run {run}, of a conversion of its own," if converted_again else f"run {run}"
+    return (f"the engine's output is not repeatable: {again_how} on the same input differs from run 1 in "
             f"{int(differs.sum())} of {differs.size} values (largest difference {largest:.3g}), in output channels "
             f"{channels[:8]}{' ...' if len(channels) > 8 else ''}; {verdicts}")
 
 
-def judge_site(site: Site, x: np.ndarray, engine: Engine, prepare: Callable[[], object], runs: int = 2) -> SiteVerdict:
-    """Judge one site on activation ``x``; ``prepare()`` returns the engine's converted model for it.
+def judge_site(site: Site, x: np.ndarray, engine: Engine, prepare: Callable[[int], object],
+               runs: int = 2) -> SiteVerdict:
+    """Judge one site on activation ``x``; ``prepare(run)`` returns the engine's converted model for run ``run``
+    (1, 2, ...): a conversion of its own each, unless the model was given converted.
 
-    The engine runs ``runs`` times on the same input: an output that changes from run to run (MNN 3.6.1 once
-    returned -8.8e37 in two channels of a site it computes right otherwise) is reported as such, and judged by its
-    worst run, rather than passing or failing by chance."""
+    The site is converted and run ``runs`` times on the same input: an output that changes from run to run (MNN
+    3.6.1 now and then converts the 3-D Mul+Add demo site into a model that is wrong in one or two output channels)
+    is reported as such, and judged by its worst run, rather than passing or failing by chance."""
     verdict = SiteVerdict(site.index, site.label, site.describe(), site.op, site.tail, site.group, site.rank,
                           dict(site.attributes), "fail")
     ref = reference(site, x)
     try:
-        prepared = prepare()
+        prepared = prepare(1)
     except EngineFailure as failure:
         verdict.failures.append(failure.to_dict())
         verdict.explanations.append(failure.explain())
@@ -269,17 +273,18 @@ def judge_site(site: Site, x: np.ndarray, engine: Engine, prepare: Callable[[], 
             verdict.notes.append("the converter fused the following Relu too; the output is judged after it")
         verdict.output = compare(actual, ref.expected, bound=ref.bound)
         for run in range(2, runs + 1):
-            again = engine.run(prepared, {site.input_name: x}, output)
+            prepared_again = prepare(run)
+            again = engine.run(prepared_again, {site.input_name: x}, output)
             if np.array_equal(again, actual, equal_nan=True):
                 continue
             result = compare(again, ref.expected, bound=ref.bound)
-            finding = unrepeatable(actual, again, run, (verdict.output, result))
+            finding = unrepeatable(actual, again, run, (verdict.output, result), prepared_again is not prepared)
             if verdict.output.passed and result.passed:
                 verdict.notes.append(finding)  # within the bound either way
             else:
                 verdict.explanations.append(finding)
-            if verdict.output.passed and not result.passed:
-                verdict.output, actual = result, again
+            if verdict.output.passed and not result.passed:  # the failing run is the one explained
+                verdict.output, actual, prepared = result, again, prepared_again
             break
         if not verdict.output.passed:
             verdict.explanations += explain_output(site, ref, actual, verdict.output)
@@ -333,12 +338,14 @@ def check(model_path, engine: Engine, *, converted=None, seed: int = 0, workdir=
         for number, site in enumerate(sites):
             x = values[site.input_name]
 
-            def prepare(site=site, x=x):
+            def prepare(run, site=site, x=x):
                 if whole is not None:
                     return whole
-                path = workdir / f"site_{site.index}.onnx"
+                folder = workdir if run == 1 else workdir / f"run_{run}"
+                folder.mkdir(exist_ok=True)
+                path = folder / f"site_{site.index}.onnx"
                 onnx.save(build.cut_site(site, model, x.shape), path)
-                return engine.prepare(path, workdir)
+                return engine.prepare(path, folder)
 
             verdicts.append(judge_site(site, x, engine, prepare, runs))
             if progress:

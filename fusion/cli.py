@@ -30,7 +30,8 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--timeout", type=float, default=120.0, help="seconds before an engine step counts as hung")
     check.add_argument("--threads", type=int, default=1, help="MNN CPU threads")
     check.add_argument("--runs", type=int, default=2,
-                       help="engine runs per site on the same input; an output that changes is a finding (default 2)")
+                       help="conversions and runs of each site on the same input; an output that changes is a finding "
+                            "(default 2)")
     fuse = commands.add_parser("fuse", help="fold every foldable site of a model and verify it",
                                description="Fold each Conv/ConvTranspose + BatchNormalization or per-channel Mul/Add "
                                "with fusion.fold, verify the folded model with onnxruntime against the reference "

@@ -42,6 +42,10 @@ OBSERVED = {
     "conv2d_depthwise_bn": ("pass", None),
     "conv3d_g2_bn": ("fail", "the converted model is empty"),
 }
+# Sites MNN 3.6.1 now and then converts into a wrong model, one or two output channels wrong (seen twice, in a
+# `fusion check` run and in a CI run; 13 conversions in a row on 2026-12-01 were right, and each gave a different
+# file): judged "fail, not repeatable" when one of the two conversions is hit.
+UNREPEATABLE = {"deconv3d_g2_mul_add_nobias"}
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +68,9 @@ def test_demo_verdicts_match_what_mnn_does(engine):
         (site,) = report.sites
         status, phrase = OBSERVED[spec.name]
         words = site.explanations + site.notes
+        if spec.name in UNREPEATABLE and site.status == "fail":
+            assert site.explanations[0].startswith("the engine's output is not repeatable"), (spec.name, words)
+            continue
         assert site.status == status, (spec.name, words)
         if phrase:
             assert any(phrase in w for w in words), (spec.name, words)
@@ -281,17 +288,18 @@ def test_onnxruntime_is_judged_through_the_same_adapter_protocol():
 
 
 def test_an_unrepeatable_output_is_a_finding(capsys):
-    """An engine whose output changes from run to run on the same input (MNN 3.6.1 once returned -8.8e37 in two
-    channels of a site it otherwise computes right) fails with that said, judged by its worst run; a second run is
-    what finds it; a difference within the bound is a note; a site that repeats itself passes."""
+    """An engine whose output changes from one conversion and run to the next on the same input (MNN 3.6.1 now and
+    then converts the 3-D Mul+Add demo site into a model wrong in a channel or two) fails with that said, judged by
+    its worst run; a second run is what finds it; a difference within the bound is a note; a site that repeats
+    itself passes."""
     from fusion.engines.planted import PlantedEngine
 
     specs = {spec.name: spec for spec in demo_specs()}
     model = build(specs["deconv3d_g2_mul_add_nobias"])
     (site,) = check(None, PlantedEngine("unrepeatable_3d"), model=model, name="3-D").sites
     assert site.status == "fail" and not site.output.passed
-    assert site.explanations[0].startswith("the engine's output is not repeatable: run 2 on the same input differs "
-                                           "from run 1 in ")
+    assert site.explanations[0].startswith("the engine's output is not repeatable: run 2, of a conversion of its "
+                                           "own, on the same input differs from run 1 in ")
     assert "in output channels [1]; run 1 passes, run 2 fails" in site.explanations[0]
     (once,) = check(None, PlantedEngine("unrepeatable_3d"), model=model, name="3-D", runs=1).sites
     assert once.status == "pass"
@@ -301,7 +309,7 @@ def test_an_unrepeatable_output_is_a_finding(capsys):
     class LastBitEngine(PlantedEngine):
         def run(self, prepared, feeds, output):
             y = super().run(prepared, feeds, output)
-            return np.nextafter(y, np.float32(np.inf)) if prepared.runs > 1 else y
+            return np.nextafter(y, np.float32(np.inf)) if prepared.conversion > 1 else y
 
     (close,) = check(None, LastBitEngine("none"), model=model, name="3-D").sites
     assert close.status == "pass"

@@ -2,9 +2,9 @@
 
 ``defect`` is one of ``none``, ``legacy_fold`` (MNN <= 2.9.1 per-group misindexing on ConvTranspose),
 ``drop_bias_rank`` (the fused bias is lost on sites of rank ``rank``), ``crash_3d`` (the "converter" aborts on
-3-D sites, in a real child process) or ``unrepeatable_3d`` (a 3-D site's runs after its first return -8.8e37
-in output channel 1, as MNN 3.6.1 once did in two channels). It needs no converter, so a sweep against it runs in
-seconds.
+3-D sites, in a real child process) or ``unrepeatable_3d`` (each conversion of a 3-D site after its first gives a
+model that returns -8.8e37 in output channel 1: MNN 3.6.1 now and then converts a 3-D site wrongly). It needs no
+converter, so a sweep against it runs in seconds.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ DEFECTS = ("none", "legacy_fold", "drop_bias_rank", "crash_3d", "unrepeatable_3d
 class PlantedModel:
     path: Path
     site: Site
-    runs: int = 0
+    conversion: int = 1  # how many times the engine has converted a model of this file name
 
 
 class PlantedEngine:
@@ -39,6 +39,7 @@ class PlantedEngine:
         if defect not in DEFECTS:
             raise ValueError(f"defect must be one of {DEFECTS}")
         self.defect, self.rank = defect, rank
+        self.conversions: dict[str, int] = {}
 
     def version(self) -> str:
         return f"planted engine ({self.defect}{f', rank {self.rank}' if self.defect == 'drop_bias_rank' else ''})"
@@ -48,7 +49,8 @@ class PlantedEngine:
         if self.defect == "crash_3d" and site.rank == 3:
             run_step([sys.executable, "-c", "import os; os.abort()"], engine=self.name, stage="converting",
                      timeout=30)
-        return PlantedModel(Path(onnx_path), site)
+        conversion = self.conversions[Path(onnx_path).name] = self.conversions.get(Path(onnx_path).name, 0) + 1
+        return PlantedModel(Path(onnx_path), site, conversion)
 
     def load(self, artifact: Path, workdir: Path) -> PlantedModel:
         return self.prepare(artifact, workdir)
@@ -69,8 +71,7 @@ class PlantedEngine:
         w, b = self._params(site)
         convolve = ops.conv_transpose if site.transposed else ops.conv
         y = convolve(np.asarray(feeds[site.input_name], np.float32), w, b, **site.attributes)
-        prepared.runs += 1
-        if self.defect == "unrepeatable_3d" and site.rank == 3 and prepared.runs > 1:
+        if self.defect == "unrepeatable_3d" and site.rank == 3 and prepared.conversion > 1:
             y[:, 1] = -8.8e37
         return y
 
