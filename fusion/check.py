@@ -273,8 +273,14 @@ def judge_site(site: Site, x: np.ndarray, engine: Engine, prepare: Callable[[int
             verdict.notes.append("the converter fused the following Relu too; the output is judged after it")
         verdict.output = compare(actual, ref.expected, bound=ref.bound)
         for run in range(2, runs + 1):
-            prepared_again = prepare(run)
-            again = engine.run(prepared_again, {site.input_name: x}, output)
+            try:
+                prepared_again = prepare(run)
+                again = engine.run(prepared_again, {site.input_name: x}, output)
+            except EngineFailure as failure:
+                verdict.failures.append(failure.to_dict())
+                verdict.explanations.append(f"the engine is not repeatable: run {run} failed where run 1 did not: "
+                                            f"{failure.explain()}")
+                break
             if np.array_equal(again, actual, equal_nan=True):
                 continue
             result = compare(again, ref.expected, bound=ref.bound)
@@ -314,8 +320,8 @@ def check(model_path, engine: Engine, *, converted=None, seed: int = 0, workdir=
           name: str | None = None, runs: int = 2) -> ModelReport:
     """Judge every site of the ONNX model at ``model_path`` (or ``model``) against ``engine``.
 
-    ``converted``: the user's own converted model to judge instead of converting each site; ``runs``: engine runs
-    per site on the same input (``judge_site``). Raises ``FusionInputError`` for bad input (unreadable model, dynamic
+    ``converted``: the user's own converted model to judge instead of converting each site; ``runs``: conversions
+    and runs of each site on the same input (``judge_site``). Raises ``FusionInputError`` for bad input (unreadable model, dynamic
     weights, unreadable converted file, ``runs`` < 1).
     """
     if runs < 1:

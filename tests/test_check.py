@@ -292,6 +292,7 @@ def test_an_unrepeatable_output_is_a_finding(capsys):
     then converts the 3-D Mul+Add demo site into a model wrong in a channel or two) fails with that said, judged by
     its worst run; a second run is what finds it; a difference within the bound is a note; a site that repeats
     itself passes."""
+    from fusion.engines.base import EngineFailure
     from fusion.engines.planted import PlantedEngine
 
     specs = {spec.name: spec for spec in demo_specs()}
@@ -311,6 +312,16 @@ def test_an_unrepeatable_output_is_a_finding(capsys):
             y = super().run(prepared, feeds, output)
             return np.nextafter(y, np.float32(np.inf)) if prepared.conversion > 1 else y
 
+    class SecondCrashEngine(PlantedEngine):
+        def prepare(self, onnx_path, workdir):
+            prepared = super().prepare(onnx_path, workdir)
+            if prepared.conversion > 1:
+                raise EngineFailure("planted", "converting", "crash", "aborted", "SIGABRT")
+            return prepared
+
+    (crashed,) = check(None, SecondCrashEngine("none"), model=model, name="3-D").sites
+    assert crashed.status == "fail" and crashed.output.passed
+    assert crashed.explanations[0].startswith("the engine is not repeatable: run 2 failed where run 1 did not: ")
     (close,) = check(None, LastBitEngine("none"), model=model, name="3-D").sites
     assert close.status == "pass"
     assert close.notes[-1].endswith("run 1 passes, run 2 passes")
