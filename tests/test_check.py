@@ -42,9 +42,9 @@ OBSERVED = {
     "conv2d_depthwise_bn": ("pass", None),
     "conv3d_g2_bn": ("fail", "the converted model is empty"),
 }
-# Sites MNN 3.6.1 now and then converts into a wrong model, one or two output channels wrong (on 2026-12-01: in 2 of
-# 3 runs from a fresh clone, not in 13 conversions in a row in the development environment; each conversion gives a
-# different file): judged "fail, not repeatable" when one of the two conversions is hit.
+# Sites MNN 3.6.1 now and then converts into a wrong model, one or two output channels wrong (seen twice on
+# 2026-12-01, both times in a fresh clone; 13 conversions in a row in the development environment were right; each
+# conversion gives a different file): judged "fail, not repeatable" when one of the two conversions is hit.
 UNREPEATABLE = {"deconv3d_g2_mul_add_nobias"}
 
 
