@@ -29,8 +29,8 @@ from fusion.kernels.config import PARALLEL, SERIAL, uintp
 # 1.04-1.06x, 4096 to 32768 0.95-0.99x.
 BLOCK = 8192
 # Accumulator entries of a task's block, over all the phases of a depth phase (``_block_size``): summed, then stored
-# row after row. 128 KiB of float32, in L2. Interleaved A/B in one process: 16384 within 3% of it (a long 1-D signal:
-# 0.96x), 65536 too except on that signal (1.25x).
+# row after row. 128 KiB of float32, in L2. Interleaved A/B in one process, against it: 16384 took 0.95-1.02x the
+# time, 65536 0.99-1.02x except on a long 1-D signal (1.08-1.25x).
 STORE_BLOCK = 32768
 # (input channel, tap) pairs added per pass over a block: one load and one store of the accumulator per four
 # products instead of per product.
