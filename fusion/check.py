@@ -321,8 +321,8 @@ def check(model_path, engine: Engine, *, converted=None, seed: int = 0, workdir=
     """Judge every site of the ONNX model at ``model_path`` (or ``model``) against ``engine``.
 
     ``converted``: the user's own converted model to judge instead of converting each site; ``runs``: conversions
-    and runs of each site on the same input (``judge_site``). Raises ``FusionInputError`` for bad input (unreadable model, dynamic
-    weights, unreadable converted file, ``runs`` < 1).
+    and runs of each site on the same input (``judge_site``). Raises ``FusionInputError`` for bad input (unreadable
+    model, dynamic weights, unreadable converted file, ``runs`` < 1).
     """
     if runs < 1:
         raise FusionInputError(f"runs must be at least 1, got {runs}")
