@@ -187,10 +187,16 @@ def _pools_apart() -> bool:
     return numba.get_num_threads() == 1 or not NUMBA_POOL_SPINS
 
 
+def _blas_wins(channels_per_group: int, gemm_min_channels: int, positions: int) -> bool:
+    """Whether BLAS's GEMM runs: many input channels per group on few positions (``TILES_MIN_POSITIONS``), and a
+    BLAS call cannot take the cores from Numba's pool (``_pools_apart``)."""
+    return channels_per_group >= gemm_min_channels and positions < TILES_MIN_POSITIONS and _pools_apart()
+
+
 def _conv_transpose(x, w, b, geo: attrs.ConvGeometry, affine: ChannelAffine | None) -> np.ndarray:
     channels_per_group = geo.c_in // geo.group
-    few_positions = math.prod(geo.input_shape) < TILES_MIN_POSITIONS  # each phase has about as many as the input
-    if channels_per_group >= CONV_TRANSPOSE_GEMM_MIN_CHANNELS and few_positions and _pools_apart():
+    # each output phase has about as many positions as the input
+    if _blas_wins(channels_per_group, CONV_TRANSPOSE_GEMM_MIN_CHANNELS, math.prod(geo.input_shape)):
         return _conv_transpose_gemm(x, w, b, geo, affine)
     return _conv_transpose_phases(x, w, b, geo, affine, tiled=channels_per_group >= CONV_TRANSPOSE_TILES_MIN_CHANNELS)
 
@@ -270,8 +276,7 @@ def conv(x, w, b=None, *, group=1, strides=None, pads=None, dilations=None, auto
     x, w, b, geo = _operands(x, w, b, transposed=False, group=group, strides=strides, pads=pads,
                              dilations=dilations, auto_pad=auto_pad, kernel_shape=kernel_shape)
     channels_per_group = geo.c_in // geo.group
-    few_positions = math.prod(geo.output_shape) < TILES_MIN_POSITIONS
-    if channels_per_group >= CONV_GEMM_MIN_CHANNELS and few_positions and _pools_apart():
+    if _blas_wins(channels_per_group, CONV_GEMM_MIN_CHANNELS, math.prod(geo.output_shape)):
         return _conv_gemm(x, w, b, geo)
     if channels_per_group >= CONV_TILES_MIN_CHANNELS:
         return _conv_tiles(x, w, b, geo)
