@@ -248,12 +248,8 @@ def run(*, quick: bool = False, threads_list=(1, 2), repetitions: int | None = N
                     round_seconds = time.perf_counter() - start
                     rounds = int(np.clip(np.ceil(min_seconds / max(round_seconds, 1e-9)), repetitions,
                                          MORE_ROUNDS * repetitions))
-                    for _ in range(rounds):
-                        # a new order every repetition: no path always runs right after the same neighbour
-                        for index in order.permutation(len(names)):
-                            name = names[index]
-                            if rows[name].error is None:
-                                rows[name].times.append(paths[name]())
+                    _interleave({name: paths[name] for name in names if rows[name].error is None}, rows, rounds,
+                                order)
                     results += rows.values()
                     results += _alone(shape, threads, flops, paths, rows, rounds, order)
                     if progress:
@@ -279,10 +275,17 @@ def _alone(shape: Shape, threads: int, flops: float, paths: dict, rows: dict, ro
     medians of such two-mode times differed by up to 20% between paths that do the same work."""
     own = [name for name in paths if name[0] == "fusion" and name[1] in ALONE_PATHS and rows[name].error is None]
     alone = {name: PathResult(shape.name, ALONE, name[1], threads, flops=flops) for name in own}
-    for _ in range(rounds if len(own) > 1 else 0):
-        for index in order.permutation(len(own)):
-            alone[own[index]].times.append(paths[own[index]]())
+    _interleave({name: paths[name] for name in own}, alone, rounds if len(own) > 1 else 0, order)
     return list(alone.values())
+
+
+def _interleave(calls: dict, results: dict, rounds: int, order) -> None:
+    """``rounds`` rounds of every timed call once, each round in a new order (no path always runs right after the
+    same neighbour); each call's seconds are appended to ``results[name].times``."""
+    names = list(calls)
+    for _ in range(rounds):
+        for index in order.permutation(len(names)):
+            results[names[index]].times.append(calls[names[index]]())
 
 
 def _timed(function):
