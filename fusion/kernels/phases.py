@@ -315,11 +315,11 @@ def most_counts(phase_counts):
 
 
 @njit(**SERIAL)
-def _block_size(phase_counts, plane_phases, pitch_h, pitch_w):
-    """(depths, rows, columns) of a block: as many whole depths as keep the sums of ``plane_phases`` phases within
-    ``STORE_BLOCK`` entries, else as many whole rows, else a piece of one row; the parts as even as can be (no last
-    part of a row or two)."""
-    most_d, most_h, most_w = most_counts(phase_counts)
+def _block_size(most, plane_phases, pitch_h, pitch_w):
+    """(depths, rows, columns) of a block, for phases of at most ``most = most_counts(...)``: as many whole depths as
+    keep the sums of ``plane_phases`` phases within ``STORE_BLOCK`` entries, else as many whole rows, else a piece of
+    one row; the parts as even as can be (no last part of a row or two)."""
+    most_d, most_h, most_w = most
     if plane_phases * pitch_h <= STORE_BLOCK:
         return _even_split(most_d, STORE_BLOCK // (plane_phases * pitch_h)), most_h, most_w
     if plane_phases * pitch_w <= STORE_BLOCK:
@@ -384,8 +384,8 @@ def conv_transpose_phases(x, w, scale, shift, group, strides, padded_shape, padd
             n, c = channel // c_in, channel % c_in
             pad_channels(x[n, c:c + 1], padded_shape, padded_offset, shared[n, c:c + 1])
     plane_phases = strides[1] * strides[2]
-    _, most_h, most_w = most_counts(phase_counts)
-    size = _block_size(phase_counts, plane_phases, pitch_h, pitch_w)
+    most = most_counts(phase_counts)
+    size = _block_size(most, plane_phases, pitch_h, pitch_w)
     for task in prange(n_batch * group * blocks_per_group):
         n = task // (group * blocks_per_group)
         rest = task % (group * blocks_per_group)
@@ -403,8 +403,8 @@ def conv_transpose_phases(x, w, scale, shift, group, strides, padded_shape, padd
         for plane_first in range(0, phase_origin.shape[0], plane_phases):
             counts = phase_counts[plane_first:plane_first + plane_phases]
             for d0 in range(0, counts[0, 0], size[0]):
-                for h0 in range(0, most_h, size[1]):
-                    for w0 in range(0, most_w, size[2]):
+                for h0 in range(0, most[1], size[1]):
+                    for w0 in range(0, most[2], size[2]):
                         first = (d0, h0, w0)
                         _block_sums(acc, counts, first, size, plane_first, pitch_h, pitch_w, xp, w_task, j, two,
                                     first_channel, c_in_g, phase_start, tap_index, tap_shift)

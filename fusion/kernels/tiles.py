@@ -46,6 +46,12 @@ def _block(block, blocks, channels):
     return block * base + min(block, extra), base + (1 if block < extra else 0)
 
 
+@njit(inline="always", **SERIAL)
+def _flat_tiles(rows, pitch_w, row_tiles, nr):
+    """Tiles of ``nr`` positions that cover ``rows`` rows of the flat band, the last row to its ``row_tiles`` tiles."""
+    return ((rows - 1) * pitch_w + row_tiles * nr + nr - 1) // nr
+
+
 @njit(**SERIAL)
 def spared_buffer(channels, length, like):
     """An uninitialized ``(channels + spare, length)`` buffer of ``like``'s dtype whose spare rows are zero: a tile
@@ -140,7 +146,7 @@ def tiled_gemms(b, channel_length, pitch_h, pitch_w, w, w_strides, group, c_in_g
         # (then no tile computes the padding columns between rows); else along the flat band.
         row_tiles = (widest + nr - 1) // nr
         along_rows = row_tiles * nr <= pitch_w
-        span = ((((rows - 1) * pitch_w + row_tiles * nr) + nr - 1) // nr) * nr
+        span = _flat_tiles(rows, pitch_w, row_tiles, nr) * nr
         block_lo, block_hi = part * blocks // parts, (part + 1) * blocks // parts
         channel_lo = _block(block_lo, blocks, c_out_g)[0]
         last_first, last_rows = _block(block_hi - 1, blocks, c_out_g)
@@ -154,8 +160,7 @@ def tiled_gemms(b, channel_length, pitch_h, pitch_w, w, w_strides, group, c_in_g
             _, phase_rows, columns = block_extent(counts, p, block_first, block_size)
             if phase_rows == 0 or columns == 0:
                 continue
-            flat_tiles = ((phase_rows - 1) * pitch_w + row_tiles * nr + nr - 1) // nr
-            position_tiles = phase_rows * row_tiles if along_rows else flat_tiles
+            position_tiles = phase_rows * row_tiles if along_rows else _flat_tiles(phase_rows, pitch_w, row_tiles, nr)
             k_count = c_in_g * (phase_start[r + 1] - phase_start[r])
             for k_first in range(0, max(1, k_count), KC):
                 for q in range(position_tiles):
