@@ -247,7 +247,7 @@ def judge_site(site: Site, x: np.ndarray, engine: Engine, prepare: Callable[[int
     (1, 2, ...): a conversion of its own each, unless the model was given converted.
 
     The site is converted and run ``runs`` times on the same input: an output that changes from run to run (MNN
-    3.6.1 now and then converts the 3-D Mul+Add demo site into a model that is wrong in one or two output channels)
+    3.6.1 now and then converts the 3-D Mul+Add demo site into a model that is wrong in one output channel)
     is reported as such, and judged by its worst run, rather than passing or failing by chance."""
     verdict = SiteVerdict(site.index, site.label, site.describe(), site.op, site.tail, site.group, site.rank,
                           dict(site.attributes), "fail")
