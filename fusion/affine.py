@@ -16,11 +16,17 @@ from fusion.errors import FusionInputError
 
 @dataclass(frozen=True)
 class ChannelAffine:
-    """``y[:, c] = (x[:, c] - sub[c]) * mul[c] + add[c]``, each vector float64 of length C."""
+    """``y[:, c] = (x[:, c] - sub[c]) * mul[c] + add[c]``, each vector float64 of length C.
+
+    A chain of such ops composed into one (``then``) keeps ``extent``, the magnitude of the constants it went
+    through, and ``steps``, how many ops it was: an engine that folds the chain step by step rounds partial results
+    of that size, so error bounds need them."""
 
     mul: np.ndarray
     sub: np.ndarray
     add: np.ndarray
+    extent: np.ndarray | None = None
+    steps: int = 1
 
     @property
     def channels(self) -> int:
@@ -30,6 +36,19 @@ class ChannelAffine:
     def shift(self) -> np.ndarray:
         """``add - sub * mul``: the constant part when the map is written ``mul * x + shift``."""
         return self.add - self.sub * self.mul
+
+    @property
+    def magnitude(self) -> np.ndarray:
+        """``|mul| |sub| + |add|`` plus the extent of the ops composed into it."""
+        own = np.abs(self.mul) * np.abs(self.sub) + np.abs(self.add)
+        return own if self.extent is None else own + self.extent
+
+    def then(self, after: "ChannelAffine") -> "ChannelAffine":
+        """This map followed by ``after``, as one map ``mul * x + shift``."""
+        mul = self.mul * after.mul
+        extent = np.abs(after.mul) * self.magnitude + after.magnitude
+        return ChannelAffine(mul, np.zeros_like(mul), self.shift * after.mul + after.shift, extent,
+                             self.steps + after.steps)
 
 
 def channel_vector(value, name: str, channels: int | None, *, node: str) -> np.ndarray:

@@ -33,7 +33,7 @@ from fusion import fold, ops
 from fusion.engines.base import EngineFailure
 from fusion.engines.isolate import python_child
 from fusion.engines.mnn import MNNEngine
-from fusion.engines.onnxruntime import session
+from fusion.oracle import session
 from fusion.files import write_atomic
 from fusion.graph.build import SiteSpec, build
 from fusion.graph.fuse import fuse_model

@@ -59,16 +59,12 @@ def site_bound(x, w, b=None, affine: ChannelAffine | None = None, *, transposed:
     if transposed:
         geometry.update(output_padding=output_padding, output_shape=output_shape)
     geo = attrs.resolve(x64.shape, w64.shape, transposed=transposed, **geometry)
-    if affine is None:
-        mul, sub, add = np.ones(geo.c_out), np.zeros(geo.c_out), np.zeros(geo.c_out)
-    else:
-        mul, sub, add = np.abs(affine.mul), np.abs(affine.sub), np.abs(affine.add)
+    mul, constant_of, roundings = tail_terms(affine, geo.c_out)
     view, vector_shape = output_channel_view(w64, geo.group, transposed)
     w_scaled = (view * mul.reshape(vector_shape)).reshape(w64.shape)
     b_abs = np.zeros(geo.c_out) if b is None else np.abs(np.asarray(b, np.float64))
-    constant = mul * (b_abs + sub) + add
-    magnitude = ops.convolve_float64(x64, w_scaled, constant, transposed=transposed, **geometry)
-    n = geo.reduction_length + EXTRA_ROUNDINGS
+    magnitude = ops.convolve_float64(x64, w_scaled, constant_of(b_abs), transposed=transposed, **geometry)
+    n = geo.reduction_length + roundings
     u64 = unit_roundoff(np.float64)
     return (gamma(n, unit_roundoff(dtype)) + 2 * gamma(n, u64)) * magnitude
 
@@ -95,12 +91,71 @@ def fold_bounds(w, b=None, affine: ChannelAffine | None = None, *, group: int = 
     """
     w64 = np.abs(np.asarray(w, np.float64))
     channels = output_channels(w64.shape, group=group, transposed=transposed, node="fold_bounds")
-    if affine is None:
-        mul, sub, add = np.ones(channels), np.zeros(channels), np.zeros(channels)
-    else:
-        mul, sub, add = np.abs(affine.mul), np.abs(affine.sub), np.abs(affine.add)
+    mul, constant_of, roundings = tail_terms(affine, channels)
     view, vector_shape = output_channel_view(w64, group, transposed)
-    factor = gamma(EXTRA_ROUNDINGS, unit_roundoff(dtype)) + 2 * gamma(EXTRA_ROUNDINGS, unit_roundoff(np.float64))
+    factor = gamma(roundings, unit_roundoff(dtype)) + 2 * gamma(roundings, unit_roundoff(np.float64))
     w_bound = factor * (view * mul.reshape(vector_shape)).reshape(w64.shape)
     b_abs = np.zeros(channels) if b is None else np.abs(np.asarray(b, np.float64))
-    return w_bound, factor * (mul * (b_abs + sub) + add)
+    return w_bound, factor * constant_of(b_abs)
+
+
+def tail_terms(affine: ChannelAffine | None, channels: int):
+    """``(|mul|, constant_of, roundings)`` of a tail for the bounds: ``constant_of(|b|)`` is the magnitude of the
+    constant part ``|mul| (|b| + |sub|) + |add|`` (plus the extent of a composed chain), ``roundings`` the extra
+    roundings of evaluating it unfused (``EXTRA_ROUNDINGS`` a step)."""
+    if affine is None:
+        return np.ones(channels), (lambda b_abs: b_abs), EXTRA_ROUNDINGS
+    mul = np.abs(affine.mul)
+    return mul, (lambda b_abs: mul * b_abs + affine.magnitude), EXTRA_ROUNDINGS * affine.steps
+
+
+TINY = float(np.finfo(np.float32).tiny)  # 2**-126, the smallest normal float32
+UNDERFLOW = float(np.finfo(np.float32).smallest_subnormal)  # 2**-149: the absolute error of gradual underflow
+
+
+def flush_allowance(x, w, b=None, affine: ChannelAffine | None = None, *, transposed: bool, group=1, strides=None,
+                    pads=None, dilations=None, output_padding=None, output_shape=None, auto_pad="NOTSET",
+                    kernel_shape=None) -> np.ndarray:
+    r"""Per-element bound on what flushing float32 subnormals to zero changes in ``affine(conv(x, w) + b)``.
+
+    An engine that flushes (FTZ/DAZ, or a converter that zeroes tiny weights) may replace any weight whose value,
+    before or after the fold, is below ``TINY`` by 0, any input value below ``TINY`` by 0, and any product, partial
+    sum or output below ``TINY`` by 0. With ``w'`` the folded weights and ``K`` the reduction length:
+
+    .. math::
+
+        |\Delta y| \le \sum_k |x_k|\,|w'_k|\,[|w_k| < T \lor |w'_k| < T] + T \sum_k |w'_k|\,[|x_k| < T] + (K + 2)\,T
+    """
+    x64 = np.abs(np.asarray(x, np.float64))
+    w64 = np.abs(np.asarray(w, np.float64))
+    geometry = dict(group=group, strides=strides, pads=pads, dilations=dilations, auto_pad=auto_pad,
+                    kernel_shape=kernel_shape)
+    if transposed:
+        geometry.update(output_padding=output_padding, output_shape=output_shape)
+    geo = attrs.resolve(x64.shape, w64.shape, transposed=transposed, **geometry)
+    mul = np.ones(geo.c_out) if affine is None else np.abs(affine.mul)
+    view, vector_shape = output_channel_view(w64, geo.group, transposed)
+    folded = (view * mul.reshape(vector_shape)).reshape(w64.shape)
+    flushable = np.where((w64 < TINY) | (folded < TINY), folded, 0.0)
+    total = np.full((geo.batch, geo.c_out) + geo.output_shape, (geo.reduction_length + 2) * TINY)
+    if flushable.any():
+        total += ops.convolve_float64(x64, flushable, None, transposed=transposed, **geometry)
+    tiny_inputs = np.where(x64 < TINY, TINY, 0.0)
+    if tiny_inputs.any():
+        total += ops.convolve_float64(tiny_inputs, folded, None, transposed=transposed, **geometry)
+    return total
+
+
+def has_subnormals(*arrays) -> bool:
+    """Whether any value is a nonzero float32 subnormal, or would be after a fold (below ``TINY``)."""
+    return any(np.any((np.abs(np.asarray(a, np.float64)) < TINY) & (np.asarray(a) != 0)) for a in arrays
+               if a is not None)
+
+
+def fold_flush_allowance(w, w_folded, b_folded) -> tuple[np.ndarray, np.ndarray]:
+    """Bounds on what subnormals change in a fold computed in float32: a weight below ``TINY`` before or after the
+    fold may be flushed to zero (allowance ``|w'|``), and gradual underflow adds ``2**-149`` per rounding (eight)."""
+    w_abs, folded = np.abs(np.asarray(w, np.float64)), np.abs(np.asarray(w_folded, np.float64))
+    w_allow = np.where((w_abs < TINY) | (folded < TINY), folded, 0.0) + EXTRA_ROUNDINGS * UNDERFLOW
+    b_abs = np.abs(np.asarray(b_folded, np.float64))
+    return w_allow, np.where(b_abs < TINY, b_abs, 0.0) + EXTRA_ROUNDINGS * UNDERFLOW

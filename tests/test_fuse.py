@@ -10,7 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 import fusion
 import fusion.testing
 from fusion.cli import main
-from fusion.engines.onnxruntime import session
+from fusion.oracle import session
 from fusion.graph.fuse import fuse_model
 from chain import chain_model
 

@@ -117,13 +117,20 @@ class Engine(Protocol):
     def version(self) -> str: ...
 
     def prepare(self, onnx_path: Path, workdir: Path) -> Any:
-        """Convert ``onnx_path``; raises ``EngineFailure``."""
+        """Convert the whole model at ``onnx_path`` as its users do; raises ``EngineFailure``."""
 
     def load(self, artifact: Path, workdir: Path) -> Any:
         """Use an already converted model (the user's own file); raises ``EngineFailure``."""
 
+    def tensor_names(self, prepared: Any) -> set[str]:
+        """The ONNX tensor names the converted model still has, each readable by ``run_many``."""
+
+    def run_many(self, prepared: Any, feeds: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
+        """Run once, in an isolated child process, asking for ``outputs`` at load or run time (never at conversion,
+        which would change what gets fused); raises ``EngineFailure``."""
+
     def run(self, prepared: Any, feeds: dict[str, np.ndarray], output: str) -> np.ndarray:
-        """Run in an isolated child process; raises ``EngineFailure``."""
+        """``run_many`` for one tensor."""
 
     def site_params(self, prepared: Any, site) -> EngineParams:
         """The parameters the converted model holds for ``site``; raises ``EngineFailure`` when absent."""

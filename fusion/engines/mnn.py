@@ -1,6 +1,8 @@
 """The MNN adapter: convert with the wheel's converter (or the user's ``MNNConvert``), dump to JSON, run on CPU.
 
-Every step runs in a child process (``isolate.run_step``): MNN can abort the process on some models.
+Every step runs in a child process (``isolate.run_step``): MNN can abort the process on some models. Any tensor the
+converted model still names can be read at run time: it is asked for when the model is loaded (MNN's Module API),
+never marked as an output at conversion, which would change what the converter fuses.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import numpy as np
 
 from fusion.engines.base import EngineFailure, EngineParams
 from fusion.engines.isolate import last_words, python_child, run_step
+from fusion.engines.mnn_file import read_exact, tensor_names
 from fusion.engines.mnn_json import MnnGraph
 from fusion.graph.model import load
 from fusion.graph.sites import find_sites
@@ -22,10 +25,11 @@ from fusion.graph.sites import find_sites
 
 @dataclass
 class MnnModel:
-    """A converted model (``path``, what is run) and the JSON dump its parameters are read from."""
+    """A converted model (``path``, what is run); its JSON dump, read when parameters are first asked for."""
 
     path: Path
-    graph: MnnGraph
+    workdir: Path
+    dumped: MnnGraph | None = None
 
 
 class MNNEngine:
@@ -63,15 +67,26 @@ class MNNEngine:
             raise EngineFailure(self.name, "converting", "error", f"the converter wrote no model: {last_words(said)}")
 
     def dump(self, mnn_path: Path, json_path: Path) -> MnnGraph:
+        """The model's JSON dump, with every op's float vectors read exactly from the ``.mnn`` file."""
         run_step(self._converter() + ["-f", "MNN", "--modelFile", str(mnn_path), "--JsonFile", str(json_path)],
                  engine=self.name, stage="reading the converted model", timeout=self.timeout)
         weights = mnn_path.with_name(mnn_path.name + ".weight")
         try:
             with open(json_path, encoding="utf-8") as handle:
-                return MnnGraph(json.load(handle), str(weights) if weights.is_file() else None)
+                doc = json.load(handle)
         except (OSError, ValueError) as exc:
             raise EngineFailure(self.name, "reading the converted model", "error",
                                 f"no readable JSON dump ({exc})") from None
+        try:
+            exact = read_exact(mnn_path, [op.get("type", "") for op in doc.get("oplists") or []])
+        except Exception:  # an unreadable FlatBuffer: the text values, with their resolution accounted for
+            exact = None
+        return MnnGraph(doc, str(weights) if weights.is_file() else None, exact)
+
+    def graph(self, prepared: MnnModel) -> MnnGraph:
+        if prepared.dumped is None:
+            prepared.dumped = self.dump(prepared.path, prepared.workdir / (prepared.path.stem + ".json"))
+        return prepared.dumped
 
     def pack(self, json_path: Path, mnn_path: Path) -> None:
         """Write ``mnn_path`` from a (possibly edited) JSON dump, atomically."""
@@ -82,44 +97,53 @@ class MNNEngine:
         os.replace(partial, mnn_path)
 
     def prepare(self, onnx_path: Path, workdir: Path) -> MnnModel:
-        """Convert as a user would (the model that is run), and once more with external weights to read the
-        fused parameters exactly (the JSON dump prints six decimals). Running an external-weight model from
-        another directory gave garbage in MNN 3.6.1, so that copy is only read, never run."""
+        """Convert the model as a user would, with the converter's defaults."""
         onnx_path, workdir = Path(onnx_path), Path(workdir)
         mnn_path = workdir / (onnx_path.stem + ".mnn")
         self.convert(onnx_path, mnn_path)
-        exact = workdir / "exact" / mnn_path.name
-        exact.parent.mkdir(exist_ok=True)
-        try:
-            self.convert(onnx_path, exact, external=True)
-            graph = self.dump(exact, exact.with_suffix(".json"))
-        except EngineFailure:
-            graph = self.dump(mnn_path, mnn_path.with_suffix(".json"))
-        return MnnModel(mnn_path, graph)
+        return MnnModel(mnn_path, workdir)
 
     def load(self, artifact: Path, workdir: Path) -> MnnModel:
-        artifact = Path(artifact)
-        return MnnModel(artifact, self.dump(artifact, Path(workdir) / (artifact.stem + ".json")))
+        prepared = MnnModel(Path(artifact), Path(workdir))
+        self.tensor_names(prepared)  # an unreadable file is bad input: say so before anything runs
+        return prepared
+
+    def tensor_names(self, prepared: MnnModel) -> set[str]:
+        """The tensors the converted model names, each of which can be read at run time."""
+        try:
+            return set(tensor_names(prepared.path))
+        except Exception as exc:  # a damaged FlatBuffer raises struct or index errors
+            raise EngineFailure(self.name, "reading the converted model", "error",
+                                f"{prepared.path} is not a readable MNN model ({type(exc).__name__})") from None
 
     def run(self, prepared: MnnModel, feeds: dict[str, np.ndarray], output: str) -> np.ndarray:
+        return self.run_many(prepared, feeds, [output])[output]
+
+    def run_many(self, prepared: MnnModel, feeds: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
+        """Run once on ``feeds`` and return the tensors ``outputs``, each as float32 in NCHW order."""
         with tempfile.TemporaryDirectory(prefix="fusion-mnn-") as scratch:
-            feeds_path, out_path = os.path.join(scratch, "feeds.npz"), os.path.join(scratch, "out.npy")
+            feeds_path, out_path = os.path.join(scratch, "feeds.npz"), os.path.join(scratch, "out.npz")
+            names_path = os.path.join(scratch, "outputs.json")
             np.savez(feeds_path, **{k: np.asarray(v, np.float32) for k, v in feeds.items()})
+            with open(names_path, "w", encoding="utf-8") as handle:
+                json.dump(list(outputs), handle)
             try:
-                run_step(python_child("mnn_child.py") + ["run", str(prepared.path), feeds_path, out_path, output,
+                run_step(python_child("mnn_child.py") + ["run", str(prepared.path), feeds_path, out_path, names_path,
                                                          str(self.threads)],
                          engine=self.name, stage="running", timeout=self.timeout)
             except EngineFailure as failure:
                 if failure.kind == "error" and "Can't find output" in failure.detail:
+                    missing = [n for n in outputs if n not in self.tensor_names(prepared)]
                     detail = ("the converted model is empty: the converter dropped every op yet reported success"
-                              if prepared.graph.is_empty else
-                              f"the converted model has no tensor {output!r} to read the site's output from")
+                              if self.graph(prepared).is_empty else
+                              f"the converted model has no tensor {(missing or outputs)[0]!r} to read")
                     raise EngineFailure(self.name, "running", "missing", detail) from None
                 raise
-            return np.load(out_path)
+            with np.load(out_path) as saved:
+                return {name: saved[f"t{i}"] for i, name in enumerate(outputs)}
 
     def site_params(self, prepared: MnnModel, site) -> EngineParams:
-        return prepared.graph.site_params(site, self.name)
+        return self.graph(prepared).site_params(site, self.name)
 
     def rewrite(self, onnx_path: Path, out_path: Path, edits: dict, workdir: Path) -> None:
         """Convert ``onnx_path`` and write to ``out_path`` a model whose sites named in ``edits``
@@ -134,7 +158,7 @@ class MNNEngine:
         graph = self.dump(prepared.path, workdir / "rewrite.json")
         for site in find_sites(load(onnx_path)):
             try:
-                params = prepared.graph.site_params(site, self.name)
+                params = self.site_params(prepared, site)
             except EngineFailure:
                 continue
             w, b = edits.get(site.conv_output, (None, None))

@@ -1,5 +1,8 @@
 """Read (and rewrite) a site's parameters in MNN's JSON dump of a converted model.
 
+The dump gives the structure (ops, their names, attributes and wiring); its numbers are printed with six decimals,
+so the exact float32 values come from the ``.mnn`` file itself (``mnn_file.read_exact``) whenever it can be read.
+
 Facts this relies on (MNN 3.x converter): the op that computes an ONNX conv is named after the conv's *output
 tensor*; a grouped conv is split into ``<name>__group__<g>`` ops (each ``group: 1``, its slice of the weight in
 ONNX layout) joined by a Concat named ``<name>``; a 3-D ConvTranspose may be decomposed into per-depth-tap 2-D
@@ -40,10 +43,12 @@ def _op_weight_shape(op: dict, transposed: bool) -> tuple[int, ...]:
 class MnnGraph:
     """An index over MNN's JSON dump: ops, tensor names, producers and consumers."""
 
-    def __init__(self, doc: dict, external: str | None = None):
+    def __init__(self, doc: dict, external: str | None = None, exact: list[dict] | None = None):
         self.doc = doc
         self.external = external  # the model's ``.weight`` file, when weights are stored outside it
         self.ops: list[dict] = list(doc.get("oplists") or [])
+        # the float vectors of each op as stored in the .mnn file, keyed by the op's position
+        self.exact = {id(op): arrays for op, arrays in zip(self.ops, exact)} if exact is not None else {}
         self.tensors: list[str] = list(doc.get("tensorName") or [])
         self.index = {name: i for i, name in enumerate(self.tensors)}
         self.producer: dict[int, dict] = {}
@@ -89,7 +94,7 @@ class MnnGraph:
             return None
         main = source["main"]
         external = self._external(main)
-        values = external[0] if external else np.asarray(main.get("float32s") or [], np.float32)
+        values = external[0] if external else self._floats(source, "float32s", np.float32)
         dims = [int(d) for d in main.get("dims") or []]
         return values.reshape(dims) if values.size and values.size == int(np.prod(dims)) else None
 
@@ -97,7 +102,7 @@ class MnnGraph:
         op = self.producer.get(tensor)
         if op is None or op.get("type") != "Const":
             return None
-        values = np.asarray(op["main"].get("float32s") or [], np.float64)
+        values = self._floats(op, "float32s")
         if values.size == 1:
             return np.full(channels, values[0])
         return values if values.size == channels else None
@@ -109,17 +114,17 @@ class MnnGraph:
             if external is not None:
                 mul, add, resolution = external[0], external[1], 0.0
             else:
-                mul = np.asarray(main.get("scaleData") or [], np.float64)
-                add, resolution = np.asarray(main.get("biasData") or np.zeros(mul.size), np.float64), TEXT_RESOLUTION
+                mul, add = self._floats(op, "scaleData"), self._floats(op, "biasData")
+                resolution = self._resolution(op)
             if add.size == 0:
                 add = np.zeros(mul.size)
             return TailOp("Scale", name, mul.astype(np.float64), add.astype(np.float64), resolution) \
                 if mul.size == channels == add.size else None
         if kind == "BatchNorm":
-            slope, mean = np.asarray(main["slopeData"], np.float64), np.asarray(main["meanData"], np.float64)
-            var, bias = np.asarray(main["varData"], np.float64), np.asarray(main["biasData"], np.float64)
+            slope, mean = self._floats(op, "slopeData"), self._floats(op, "meanData")
+            var, bias = self._floats(op, "varData"), self._floats(op, "biasData")
             mul = slope / np.sqrt(var + float(main.get("epsilon", 0.001)))
-            return TailOp("BatchNorm", name, mul, bias - mean * mul, TEXT_RESOLUTION * 8)
+            return TailOp("BatchNorm", name, mul, bias - mean * mul, self._resolution(op) * 8)
         if kind == "BinaryOp" and main.get("opType") in ("MUL", "ADD", "SUB"):
             inputs = op.get("inputIndexes") or []
             others = [i for i in inputs if i != current]
@@ -128,7 +133,7 @@ class MnnGraph:
                 return None
             ones, zeros = np.ones(channels), np.zeros(channels)
             mul, add = {"MUL": (vector, zeros), "ADD": (ones, vector), "SUB": (ones, -vector)}[main["opType"]]
-            return TailOp(f"BinaryOp {main['opType']}", name, mul, add, TEXT_RESOLUTION)
+            return TailOp(f"BinaryOp {main['opType']}", name, mul, add, self._resolution(self.producer[others[0]]))
         return None
 
     def tail_after(self, start: int, output_name: str, channels: int) -> list[TailOp]:
@@ -236,12 +241,23 @@ class MnnGraph:
         return arrays
 
     def _op_arrays(self, op: dict) -> tuple[np.ndarray, np.ndarray, bool]:
-        """``(weight, bias, exact)`` of a conv op: from the external weight file when it has one, else the text."""
+        """``(weight, bias, exact)`` of a conv op: from the external weight file when it has one, else as stored."""
         external = self._external(op["main"])
         if external is not None and len(external) >= 2:
             return external[0], external[1], True
-        return (np.asarray(op["main"].get("weight") or [], np.float32),
-                np.asarray(op["main"].get("bias") or [], np.float32), False)
+        return (self._floats(op, "weight", np.float32), self._floats(op, "bias", np.float32),
+                self._resolution(op) == 0.0)
+
+    def _floats(self, op: dict, key: str, dtype=np.float64) -> np.ndarray:
+        """The op's float vector ``key``: exact from the .mnn file when it was read, else the dump's text."""
+        exact = self.exact.get(id(op))
+        if exact is not None:
+            return exact.get(key, np.zeros(0, np.float32)).astype(dtype)
+        return np.asarray(op["main"].get(key) or [], dtype)
+
+    def _resolution(self, op: dict) -> float:
+        """How precisely the op's values are known: 0 when read from the .mnn file, else the dump's resolution."""
+        return 0.0 if id(op) in self.exact else TEXT_RESOLUTION
 
     def set_site_params(self, site, w: np.ndarray | None = None, b: np.ndarray | None = None) -> None:
         """Write ``w`` (ONNX layout of ``site.op``) and/or ``b`` into the site's ops, split as the converter split

@@ -6,6 +6,7 @@ file; ``run`` evaluates the optimized model in a child process.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -38,13 +39,24 @@ class OnnxRuntimeEngine:
     def load(self, artifact: Path, workdir: Path) -> Path:
         return Path(artifact)
 
+    def tensor_names(self, prepared: Path) -> set[str]:
+        model = onnx.load(prepared)
+        return {name for node in model.graph.node for name in node.output} | {i.name for i in model.graph.input}
+
     def run(self, prepared: Path, feeds: dict, output: str) -> np.ndarray:
+        return self.run_many(prepared, feeds, [output])[output]
+
+    def run_many(self, prepared: Path, feeds: dict, outputs: list[str]) -> dict[str, np.ndarray]:
         with tempfile.TemporaryDirectory(prefix="fusion-ort-") as scratch:
-            feeds_path, out_path = os.path.join(scratch, "feeds.npz"), os.path.join(scratch, "out.npy")
+            feeds_path, out_path = os.path.join(scratch, "feeds.npz"), os.path.join(scratch, "out.npz")
+            names_path = os.path.join(scratch, "outputs.json")
             np.savez(feeds_path, **{k: np.asarray(v, np.float32) for k, v in feeds.items()})
-            run_step(python_child("ort_child.py") + ["run", str(prepared), feeds_path, out_path, output],
+            with open(names_path, "w", encoding="utf-8") as handle:
+                json.dump(list(outputs), handle)
+            run_step(python_child("ort_child.py") + ["run", str(prepared), feeds_path, out_path, names_path],
                      engine=self.name, stage="running", timeout=self.timeout)
-            return np.load(out_path)
+            with np.load(out_path) as saved:
+                return {name: saved[f"t{i}"] for i, name in enumerate(outputs)}
 
     def site_params(self, prepared: Path, site) -> EngineParams:
         """The conv writing the site's output (fused) or its conv output (not fused), read with the same site

@@ -55,6 +55,13 @@ class PlantedEngine:
     def load(self, artifact: Path, workdir: Path) -> PlantedModel:
         return self.prepare(artifact, workdir)
 
+    def tensor_names(self, prepared: PlantedModel) -> set[str]:
+        return {prepared.site.input_name, prepared.site.output_name}
+
+    def run_many(self, prepared: PlantedModel, feeds: dict, outputs: list[str]) -> dict[str, np.ndarray]:
+        y = self.run(prepared, feeds, prepared.site.output_name)
+        return {name: feeds[name] if name in feeds else y for name in outputs}
+
     def _params(self, site: Site) -> tuple[np.ndarray, np.ndarray]:
         if site.affine is None:
             w, b = site.w, np.zeros(site.c_out, site.w.dtype) if site.b is None else site.b

@@ -16,7 +16,7 @@ from onnx import numpy_helper
 
 from fusion.bounds import exact_site
 from fusion.compare import Comparison, compare
-from fusion.engines.onnxruntime import activations, input_shapes, random_feeds, session
+from fusion.oracle import activations, input_shapes, random_feeds, session
 from fusion.fold import fold_affine
 from fusion.graph import build
 from fusion.graph.model import Graph

@@ -80,7 +80,8 @@ class Site:
             parts.append("s" + "x".join(str(s) for s in strides))
         if self.b is None:
             parts.append("no-bias")
-        tail = {"none": "", "bn": "BatchNormalization", "scale": "Mul+Add", "mul": "Mul", "add": "Add"}[self.tail]
+        names = {"none": "", "bn": "BatchNormalization", "scale": "Mul+Add", "mul": "Mul", "add": "Add"}
+        tail = " + ".join(names[kind] for kind in self.tail.split("+") if names[kind])
         return " ".join(parts) + (f" + {tail}" if tail else "")
 
 
@@ -96,6 +97,21 @@ def _channel_constant(graph: Graph, node: onnx.NodeProto, data_name: str, channe
     if shape[0] != 1 or any(d != 1 for d in shape[2:]) or shape[1] not in (1, channels):
         return None
     return np.broadcast_to(value.reshape(-1).astype(np.float64), (channels,)).copy()
+
+
+def _chain(graph: Graph, conv_output: str, channels: int, rank: int):
+    """Follow the conv output through every per-channel affine node in a row (BN, Mul, Add: PaddleOCR exports an
+    Add, then a BatchNormalization), composed: ``(kind, nodes, affine, output_name)``; kind ``add+bn`` for two."""
+    kinds, nodes, affine, output = [], [], None, conv_output
+    while True:
+        kind, more, step, after = _tail(graph, output, channels, rank)
+        if kind == "none":
+            break
+        kinds.append(kind)
+        nodes += more
+        affine = step if affine is None else affine.then(step)
+        output = after
+    return ("+".join(kinds) or "none"), nodes, affine, output
 
 
 def _tail(graph: Graph, conv_output: str, channels: int, rank: int):
@@ -127,11 +143,12 @@ def _tail(graph: Graph, conv_output: str, channels: int, rank: int):
     return "none", [], None, conv_output
 
 
-def find_sites(model: onnx.ModelProto) -> list[Site]:
+def find_sites(model: onnx.ModelProto, skipped: list[str] | None = None) -> list[Site]:
     """Every Conv/ConvTranspose in the main graph, each with the tail it may be fused with.
 
     Raises ``FusionInputError`` naming the node for weights that are not constants, unsupported attributes,
-    bad BN statistics or shapes that do not fit.
+    bad BN statistics or shapes that do not fit. ``skipped``: when given, a conv whose weight or bias is computed at
+    run time is left out with a note appended here instead of raising.
     """
     graph = Graph(model)
     sites = []
@@ -141,14 +158,17 @@ def find_sites(model: onnx.ModelProto) -> list[Site]:
         label = node_label(node)
         keywords = conv_keywords(node)
         w = graph.constant(node.input[1]) if len(node.input) > 1 else None
-        if w is None:
-            raise FusionInputError(f"weight {node.input[1] if len(node.input) > 1 else '(missing)'} is not a "
-                                   "constant initializer: dynamic weights cannot be folded or judged", node=label)
         b = None
         if len(node.input) > 2 and node.input[2]:
             b = graph.constant(node.input[2])
-            if b is None:
-                raise FusionInputError(f"bias {node.input[2]} is not a constant initializer", node=label)
+        dynamic = ("weight", node.input[1] if len(node.input) > 1 else "(missing)") if w is None else \
+            ("bias", node.input[2]) if b is None and len(node.input) > 2 and node.input[2] else None
+        if dynamic is not None:
+            cause = f"{dynamic[0]} {dynamic[1]} is not a constant: it is computed at run time, so it cannot be folded"
+            if skipped is None:
+                raise FusionInputError(cause, node=label)
+            skipped.append(f"{label}: not a fusion site ({cause}); it is judged as part of the whole model only")
+            continue
         if w.dtype.kind != "f" or not 3 <= w.ndim <= 5:
             raise FusionInputError(f"weight must be a float tensor of rank 3 to 5, got {w.dtype} {w.shape}", node=label)
         if not np.isfinite(w).all() or (b is not None and not np.isfinite(b).all()):
@@ -161,7 +181,7 @@ def find_sites(model: onnx.ModelProto) -> list[Site]:
         channels = w.shape[1] * group if transposed else w.shape[0]
         if b is not None and b.shape != (channels,):
             raise FusionInputError(f"bias has shape {b.shape}, expected ({channels},)", node=label)
-        kind, tail_nodes, affine, output = _tail(graph, node.output[0], channels, w.ndim - 2)
+        kind, tail_nodes, affine, output = _chain(graph, node.output[0], channels, w.ndim - 2)
         after = graph.only_consumer(output)
         relu = after.output[0] if after is not None and after.op_type == "Relu" else None
         batch_norm = None

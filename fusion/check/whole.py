@@ -1,0 +1,520 @@
+"""Judge the model the user converts: the whole converted model first, then every site inside it, then the culprit.
+
+1. The whole model is converted once, as its users convert it (or the user's own converted file is taken), and run
+   on the same inputs as the unfused oracle (onnxruntime, graph optimizations off). Every tensor the converted model
+   still names is read in the same run, asked for when the model is loaded, never marked as an output at conversion.
+2. Each watched tensor is compared with the oracle's within a tolerance taken from the oracle's own sensitivity:
+   the oracle is run again with every weight and input perturbed by a relative ``PERTURBATION``, and a tensor may
+   differ by ``SPREAD_FACTOR`` times what that moved it (at least ``FLOOR`` of its largest value, and at least
+   ``ABSOLUTE_FLOOR``). A tensor that
+   the perturbation moves by more than ``ILL_CONDITIONED`` of its largest value is reported as ill-conditioned,
+   not judged.
+3. Each site is judged locally: its output in the converted model against the float64 reference computed on the
+   converted model's *own* input to that site, on the tolerance ladder (exact, subnormals flushed, fast
+   convolution), and its fused parameters against the fold. A site computes right or wrong whatever happened
+   upstream; a site whose input is already wrong is ``downstream``.
+4. The culprit is the first wrong thing in graph order: a site that computes wrongly, or a wrong tensor whose
+   inputs are right. It is explained: named hypotheses, and the site cut out and converted alone on the oracle's
+   input (right alone and wrong inside the model means the defect shows only in context).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnx
+
+from fusion.affine import ChannelAffine
+from fusion.bounds import site_bound
+from fusion.check.explain import Code, reference, unrepeatable
+from fusion.check.sites import (RELU_FUSED, add_failure, blank_verdict, judge_output_into, judge_params_into,
+                                judge_site, shape_help)
+from fusion.check.verdicts import FirstWrong, ModelReport, SiteVerdict, TensorCheck, WholeModel
+from fusion.diagnose import per_channel
+from fusion.engines.base import Engine, EngineFailure
+from fusion.errors import FusionInputError
+from fusion.graph import build
+from fusion.graph.local import ENGINE_PREFIX, computed_from
+from fusion.graph.model import Graph, load
+from fusion.graph.nodes import node_label
+from fusion.graph.sites import Site, find_sites
+from fusion.oracle import activations, float_tensors, input_shapes, random_feeds, sensitivity
+
+PERTURBATION = 2.0 ** -16  # relative, per weight and input value: far above float32 rounding (2**-24)
+SPREAD_FACTOR = 8.0
+FLOOR = 2.0 ** -14  # of the tensor's largest value
+ABSOLUTE_FLOOR = 2.0 ** -20  # for tensors near zero: a saturated sigmoid computed with an approximate exp
+# elementwise ops a converter fuses into the op before them, so that the tensor between the two holds the result
+ACTIVATIONS = {"Relu", "Clip", "LeakyRelu", "PRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu", "Selu"}
+ILL_CONDITIONED = 2.0 ** -4  # the perturbation moved the tensor by more than this fraction of its largest value
+
+
+def tensor_check(name: str, node: str, oracle: np.ndarray, engine: np.ndarray, spread: float, *,
+                 strict_shape: bool) -> tuple[TensorCheck, np.ndarray]:
+    """Compare one tensor; returns the check and the engine's value in the oracle's shape (when it fits).
+
+    ``strict_shape``: a graph output must have the oracle's shape; an intermediate tensor may be held with extra
+    unit axes (an engine runs a 1-D op as 2-D)."""
+    o64 = oracle.astype(np.float64)
+    finite = np.isfinite(o64)
+    abs_max = float(np.abs(o64[finite]).max(initial=0.0))
+    if engine.shape != oracle.shape:
+        fits = engine.size == oracle.size and tuple(d for d in engine.shape if d != 1) == \
+            tuple(d for d in oracle.shape if d != 1)
+        if strict_shape or not fits:
+            return TensorCheck(name, node, abs_max, float("inf"), 0.0, spread, False,
+                               shape=f"engine {list(engine.shape)}, oracle {list(oracle.shape)}"), engine
+        engine = engine.reshape(oracle.shape)
+    e64 = engine.astype(np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        diff = np.abs(e64 - o64)
+    same = (np.isnan(e64) & np.isnan(o64)) | (e64 == o64)
+    diff = np.where(same, 0.0, np.nan_to_num(diff, nan=np.inf))
+    diff_max = float(diff.max(initial=0.0))
+    tolerance = max(SPREAD_FACTOR * spread, FLOOR * abs_max, ABSOLUTE_FLOOR)
+    ill = spread > ILL_CONDITIONED * abs_max and abs_max > 0
+    worst = [int(i) for i in np.unravel_index(int(np.argmax(diff)), diff.shape)] if diff.size else None
+    return TensorCheck(name, node, abs_max, diff_max, tolerance, spread, ill or diff_max <= tolerance, ill,
+                       worst_index=worst), engine
+
+
+@dataclass
+class Run:
+    """One conversion and run of the whole model: the engine's values, and the checks against the oracle."""
+
+    prepared: object
+    values: dict[str, np.ndarray]
+    checks: dict[str, TensorCheck]
+
+    def worst_output_ratio(self, outputs: list[str]) -> float:
+        ratios = [self.checks[o].diff_max / max(self.checks[o].tolerance, 1e-300) for o in outputs if o in self.checks]
+        return max(ratios, default=0.0)
+
+
+class WholeModelJudge:
+    """One check of one model against one engine; ``report`` is filled in by ``judge``."""
+
+    def __init__(self, model: onnx.ModelProto, engine: Engine, report: ModelReport, feeds: dict, workdir: Path):
+        self.model, self.engine, self.report, self.feeds, self.workdir = model, engine, report, feeds, workdir
+        self.graph = Graph(model)
+        self.sites = find_sites(model, [])
+        self.outputs = [o.name for o in model.graph.output]
+        self.order = {name: index for index, node in enumerate(model.graph.node) for name in node.output}
+        self._regions: dict[str, tuple[frozenset, frozenset]] = {}
+
+    # -- the oracle -------------------------------------------------------------------------------------------
+    def run_oracle(self, help_text: str, seed: int) -> None:
+        names = float_tensors(self.model) + self.outputs
+        self.oracle = activations(self.model, self.feeds, names, inputs_help=help_text)
+        self.spread = sensitivity(self.model, self.feeds, list(self.oracle), self.oracle, relative=PERTURBATION,
+                                  seed=seed)
+
+    # -- the engine -------------------------------------------------------------------------------------------
+    def convert_and_run(self, prepare: Callable[[int], object], runs: int, converted_again: bool) -> Run | None:
+        """Convert (``prepare(run)``) and run ``runs`` times; the worse run is kept; None when the engine failed."""
+        try:
+            prepared = prepare(1)
+            available = self.engine.tensor_names(prepared)
+        except EngineFailure as failure:
+            self._model_failure(failure, "the whole model did not convert")
+            return None
+        self.watched = [n for n in self.oracle if n in available and n not in self.feeds]
+        missing = [o for o in self.outputs if o not in available and o in self.oracle]
+        if missing:
+            self.report.explanations.append(f"the converted model has no graph output {missing}")
+        try:
+            first = self._run(prepared)
+        except EngineFailure as failure:
+            self._model_failure(failure, "the converted model did not run")
+            return None
+        for run in range(2, runs + 1):
+            try:
+                again = self._run(prepare(run))
+            except EngineFailure as failure:
+                self._model_failure(failure, f"the engine is not repeatable: run {run} failed where run 1 did not")
+                return first
+            differing = [n for n in self.watched if not np.array_equal(first.values[n], again.values[n],
+                                                                       equal_nan=True)]
+            if not differing:
+                continue
+            passes = [all(r.checks[o].passed for o in self.outputs if o in r.checks) for r in (first, again)]
+            name = differing[0]
+            finding = unrepeatable(first.values[name], again.values[name], run, tuple(passes), converted_again,
+                                   what=f"tensor {name!r}")
+            finding += f" ({len(differing)} of {len(self.watched)} watched tensors differ)"
+            if all(passes):
+                self.report.notes.append(finding)
+            else:
+                self.report.explanations.append(finding)
+                self.report.failures.append({"code": Code.NOT_REPEATABLE.value, "explanation": finding})
+            if again.worst_output_ratio(self.outputs) > first.worst_output_ratio(self.outputs):
+                first = again  # judged by its worse run
+            break
+        return first
+
+    def _run(self, prepared) -> Run:
+        values = self.engine.run_many(prepared, self.feeds, self.watched)
+        checks, shaped = {}, {}
+        for name in self.watched:
+            node = self.graph.producer.get(name)
+            checks[name], shaped[name] = tensor_check(name, node_label(node) if node is not None else name,
+                                                      self.oracle[name], values[name], self.spread.get(name, 0.0),
+                                                      strict_shape=name in self.outputs)
+        return Run(prepared, shaped, checks)
+
+    def _model_failure(self, failure: EngineFailure, what: str) -> None:
+        self.report.failures.append(failure.to_dict())
+        self.report.explanations.append(f"{what}: {failure.explain()}")
+
+    # -- where a tensor comes from ----------------------------------------------------------------------------
+    def region(self, name: str, exposed: set[str]) -> tuple[frozenset, frozenset]:
+        """``(inputs, nodes)``: the exposed tensors a tensor is computed from, through tensors the converted model
+        no longer names, and the ONNX nodes in between (what the engine computes as one unit)."""
+        if name in self._regions:
+            return self._regions[name]
+        inputs, nodes, stack, seen = set(), set(), [name], set()
+        while stack:
+            current = stack.pop()
+            node = self.graph.producer.get(current)
+            if node is None or id(node) in seen:
+                continue
+            seen.add(id(node))
+            nodes.add(node_label(node))
+            for source in node.input:
+                if not source or source in self.feeds or self.graph.constant(source) is not None:
+                    continue
+                if source in exposed:
+                    inputs.add(source)
+                else:
+                    stack.append(source)
+        self._regions[name] = (frozenset(inputs), frozenset(nodes))
+        return self._regions[name]
+
+    # -- the judgement ----------------------------------------------------------------------------------------
+    def stage_checks(self, run: Run, seed: int) -> dict[str, TensorCheck]:
+        """Every watched tensor against what the oracle computes from the engine's own inputs to its stage, within
+        that stage's own sensitivity (its inputs and weights perturbed)."""
+        given = {n: run.values[n].shape for n in self.watched if run.checks[n].shape is None}
+        local_model = computed_from(self.model, given, self.watched)
+        feeds = dict(self.feeds)
+        feeds.update({ENGINE_PREFIX + n: run.values[n] for n in given})
+        try:
+            local = activations(local_model, feeds, self.watched)
+            spread = sensitivity(local_model, feeds, list(local), local, relative=PERTURBATION, seed=seed + 7)
+            self.local = local
+        except FusionInputError as error:
+            self.report.notes.append(f"stage-by-stage check not possible, tensors judged in context only: {error}")
+            return {}
+        checks = {}
+        for name in self.watched:
+            if name in local and name in given:
+                checks[name] = tensor_check(name, run.checks[name].node, local[name], run.values[name],
+                                            spread.get(name, 0.0), strict_shape=True)[0]
+        return checks
+
+    def judge(self, run: Run, seed: int) -> None:
+        report, values, checks = self.report, run.values, run.checks
+        self.values = values
+        exposed = set(values) | set(self.feeds)
+        report.tensors = [checks[n] for n in self.watched]
+        self.context = checks
+        self.stages = self.stage_checks(run, seed)
+        report.stages = [self.stages[n] for n in self.watched if n in self.stages]
+        local: dict[str, SiteVerdict] = {}  # by the tensor the site's output is read from
+        for site in self.sites:
+            verdict = self.judge_site(site, values)
+            report.sites.append(verdict)
+            read_from = site.output_name if site.output_name in values else site.relu_output
+            if verdict.status != "not_exposed":
+                local[read_from] = verdict
+        report.first_wrong = self.culprit(values, exposed, local)
+        if report.first_wrong is not None:
+            self.mark_downstream(report.first_wrong, checks)
+        outputs = [checks[o] for o in self.outputs if o in checks]
+        outputs += [TensorCheck(o, o, 0.0, float("inf"), 0.0, 0.0, False, shape="missing from the converted model")
+                    for o in self.outputs if o not in checks and o in self.oracle]
+        other = [o for o in self.outputs if o not in self.oracle]
+        if other:
+            report.notes.append(f"graph output(s) {other} are not float32: not compared (the float tensors that "
+                                "compute them are)")
+        within = all(o.passed for o in outputs)
+        right_stages = report.first_wrong is None and all(o.shape is None for o in outputs)
+        if not within and right_stages:
+            report.notes.append("graph outputs differ from the oracle beyond its perturbation tolerance, yet every "
+                                "stage computes right on its own inputs: the difference is float32 error accumulated "
+                                "through the model (fast convolution, flushed subnormals), not a wrong fold")
+        report.whole_model = WholeModel(within or right_stages, outputs)
+
+    def judge_site(self, site: Site, values: dict) -> SiteVerdict:
+        """The site on the engine's own input (the tolerance ladder), or, when the converted model no longer names
+        its input, its stage check; and its fused parameters."""
+        verdict = blank_verdict(site, "pass")
+        read_from = site.output_name if site.output_name in values else \
+            site.relu_output if site.relu_output in values else None
+        x = self.feeds.get(site.input_name, values.get(site.input_name))
+        if read_from is None:
+            verdict.status = "not_exposed"
+            verdict.notes.append(f"the converted model has no tensor {site.output_name!r}: the converter merged the "
+                                 "site with what follows; it is judged through the tensors after it")
+        if x is None:  # the converter merged the site with what comes before it
+            ref = reference(site, self.oracle[site.input_name])
+            if read_from is not None:
+                verdict.notes.append(f"the converted model has no tensor {site.input_name!r} (the site's input): "
+                                     "judged as one stage with what computes it")
+                stage = self.stages.get(read_from)
+                if stage is not None and not stage.passed:
+                    verdict.status = "fail"
+                    verdict.explanations.append(f"wrong on its stage's inputs: {stage.summary()}")
+                    verdict.codes.append(Code.WRONG_VALUES.value)
+        else:
+            ref = reference(site, np.asarray(x, np.float32))
+            if read_from is not None:
+                if read_from != site.output_name:
+                    ref = ref.after_relu()
+                    verdict.notes.append(RELU_FUSED)
+                if not judge_output_into(verdict, site, ref, values[read_from]):
+                    verdict.status = "fail"
+        judge_params_into(verdict, site, ref, self.engine, self.prepared)
+        if verdict.params is not None and not verdict.params.passed and read_from is None:
+            # the output is not there to confirm it, and what follows is judged on its own: most often the converter
+            # folded more than this site into the op (a chain the site does not cover)
+            verdict.notes += [f"not confirmed by an output: {e}" for e in verdict.explanations]
+            verdict.explanations, verdict.codes = [], []
+        elif (verdict.params is not None and not verdict.params.passed) or verdict.failures:
+            verdict.status = "fail"
+        return verdict
+
+    def ancestors(self, name: str) -> set[str]:
+        """Every tensor ``name`` is computed from."""
+        seen, stack = set(), [name]
+        while stack:
+            node = self.graph.producer.get(stack.pop())
+            if node is None:
+                continue
+            for source in node.input:
+                if source and source not in seen:
+                    seen.add(source)
+                    stack.append(source)
+        return seen
+
+    def mark_downstream(self, culprit: FirstWrong, checks: dict[str, TensorCheck]) -> None:
+        """A site that computes right on an input that is wrong because of the culprit is downstream of it."""
+        for site, verdict in zip(self.sites, self.report.sites):
+            if verdict.status not in ("pass", "not_exposed") or site.index == culprit.site:
+                continue
+            source = site.input_name
+            if source not in checks or checks[source].passed:
+                continue
+            if source == culprit.tensor or culprit.tensor in self.ancestors(source):
+                verdict.status = "downstream"
+                verdict.notes.append(f"its input is already wrong: downstream of the culprit {culprit.tensor!r}")
+
+    def culprit(self, values: dict, exposed: set[str], local: dict[str, SiteVerdict]) -> FirstWrong | None:
+        """The first wrong thing in graph order: a site that computes wrongly on its own input, or a tensor that is
+        wrong on its stage's inputs."""
+        for node in self.model.graph.node:
+            for name in node.output:
+                if name in local:
+                    verdict = local[name]
+                    if verdict.status == "fail":
+                        return FirstWrong(name, node_label(self.sites[verdict.index].conv), verdict.index,
+                                          list(verdict.explanations))
+                    if self.sites[verdict.index].input_name in exposed:
+                        continue  # judged on the ladder, sharper than the stage check
+                stage = self.stages.get(name)
+                if stage is None or stage.passed or self.renamed(name, exposed):
+                    continue
+                _, nodes = self.region(name, exposed)
+                return self.explain_tensor(name, node, nodes, values)
+        for site, verdict in zip(self.sites, self.report.sites):  # failing parameters with no exposed output
+            if verdict.status == "fail":
+                return FirstWrong(site.output_name, node_label(site.conv), site.index, list(verdict.explanations))
+        return None
+
+
+    def renamed(self, name: str, exposed: set[str]) -> bool:
+        """Whether the converted model's tensor ``name`` is not the value its readers used: every exposed tensor
+        computed from it is right in context yet wrong when recomputed from it (an engine that gave the name to a
+        partial result, e.g. a Gemm's product before its bias). Said in a note; not a culprit."""
+        consumer = self.graph.only_consumer(name)
+        if consumer is not None and consumer.op_type in ACTIVATIONS and consumer.output[0] in self.stages:
+            after = consumer.output[0]
+            value, fused = self.values[name], self.values[after]
+            if value.shape == fused.shape and float(np.abs(value.astype(np.float64) - fused).max(initial=0.0)) <= \
+                    self.stages[after].tolerance:
+                self.report.notes.append(f"the converted model's tensor {name!r} holds the output of the "
+                                         f"{consumer.op_type} after it (the converter fused the two); judged there")
+                return True
+        readers = [t for t in self.watched if t != name and name in self.region(t, exposed)[0]]
+        if not readers or not all(t in self.stages and not self.stages[t].passed and self.context[t].passed
+                                  for t in readers):
+            return False
+        self.report.notes.append(f"the converted model's tensor {name!r} differs from what the model computes there "
+                                 f"({self.stages[name].summary()}), but the tensors computed from it are right: the "
+                                 "converter gave that name to another value (not judged)")
+        return True
+
+    def local_value(self, name: str) -> np.ndarray:
+        return self.local[name]
+
+    def explain_tensor(self, name: str, node: onnx.NodeProto, nodes: frozenset, values: dict) -> FirstWrong:
+        """A wrong tensor with right inputs: inside a fused site, or outside every fusion site."""
+        check = self.stages[name]
+        inside = [s for s in self.sites if node_label(s.conv) in nodes]
+        lines = [f"{node.op_type} node {node_label(node)!r} writes {name!r}, wrong on its own inputs: {check.summary()}"]
+        if not inside:
+            lines.append("this lies outside the fusion sites" + (
+                f": the converter computes {len(nodes)} ONNX nodes there as one unit ({', '.join(sorted(nodes)[:4])}"
+                f"{' ...' if len(nodes) > 4 else ''})" if len(nodes) > 1 else ""))
+            lines += per_channel(values[name], self.local_value(name), check.tolerance, what="tensor")
+            return FirstWrong(name, node_label(node), None, lines)
+        site = inside[0]
+        verdict = self.report.sites[site.index]
+        found = self.broadcast_hypothesis(site, name, values)
+        if found:
+            lines.append(found)
+            verdict.codes.append(Code.BROADCAST_AS_CHANNEL.value)
+        else:
+            lines.append(f"the converter merged site {site.index} ({site.label}) with the nodes up to {name!r} "
+                         "into one computation, and that is wrong")
+            lines += per_channel(values[name], self.local_value(name), check.tolerance, what="tensor")
+            verdict.codes.append(Code.WRONG_VALUES.value)
+        verdict.status = "fail"
+        verdict.explanations += lines
+        return FirstWrong(name, node_label(node), site.index, lines)
+
+    def broadcast_hypothesis(self, site: Site, name: str, values: dict) -> str | None:
+        """Whether the engine applied, per output channel, a chain of Mul/Add constants after the site's conv that
+        ONNX broadcasts along another axis (``[C]`` on NCHW runs along W): the fold a converter must not make."""
+        chain, current = [], site.output_name
+        while current != name:
+            consumer = self.graph.only_consumer(current)
+            if consumer is None or consumer.op_type not in ("Mul", "Add", "Sub"):
+                return None
+            others = [i for i in consumer.input if i != current]
+            constant = self.graph.constant(others[0]) if len(others) == 1 else None
+            if constant is None or constant.size not in (1, site.c_out):
+                return None
+            chain.append((consumer, constant))
+            current = consumer.output[0]
+        misread = [(n, c) for n, c in chain if c.size == site.c_out and c.size > 1
+                   and not (c.ndim >= 3 and c.shape[-(site.rank + 1)] == site.c_out)]
+        if not misread:
+            return None
+        affine = site.affine
+        for consumer, constant in chain:
+            vector = np.broadcast_to(constant.reshape(-1).astype(np.float64), (site.c_out,)).copy()
+            ones, zeros = np.ones(site.c_out), np.zeros(site.c_out)
+            step = {"Mul": ChannelAffine(vector, zeros, zeros), "Add": ChannelAffine(ones, zeros, vector),
+                    "Sub": ChannelAffine(ones, zeros, -vector)}[consumer.op_type]
+            affine = step if affine is None else affine.then(step)
+        x = np.asarray(self.feeds.get(site.input_name, values.get(site.input_name, self.oracle[site.input_name])),
+                       np.float32)
+        conv = site.convolve(x, site.w, site.b)
+        vector = (1, -1) + (1,) * site.rank
+        predicted = conv * affine.mul.reshape(vector) + affine.shift.reshape(vector)
+        bound = site_bound(x, site.w, site.b, affine, transposed=site.transposed, **site.attributes)
+        actual = values[name]
+        if actual.shape != predicted.shape or not compare(actual, predicted, bound=bound).passed:
+            return None
+        node, constant = misread[0]
+        axis = node_axis(constant, site.rank)
+        return (f"{node.op_type} {node_label(node)!r} has a constant of shape {list(constant.shape)}, which ONNX "
+                f"broadcasts along axis {axis} of the {site.rank + 2}-D conv output, not along its channels; the "
+                f"converter folded it into {site.op} {node_label(site.conv)!r} as one value per output channel")
+
+
+def node_axis(constant: np.ndarray, rank: int) -> int:
+    """The output axis that a constant's longest axis broadcasts along (numpy alignment from the right)."""
+    longest = int(np.argmax(constant.shape))
+    return rank + 2 - constant.ndim + longest
+
+
+def check(model_path, engine: Engine, *, converted=None, seed: int = 0, workdir=None,
+          model: onnx.ModelProto | None = None, name: str | None = None, runs: int = 2, shapes: dict | None = None,
+          explain: bool = True, progress: Callable[[int, int], None] | None = None) -> ModelReport:
+    """Judge the ONNX model at ``model_path`` (or ``model``) as ``engine`` converts it whole (or as the user's own
+    ``converted`` file has it): graph outputs, every site inside it, and the culprit.
+
+    ``runs``: conversions and runs of the whole model on the same input (a converted file: runs of it);
+    ``shapes``: sizes for dynamic input dimensions; ``explain``: convert the culprit site alone as well.
+    Raises ``FusionInputError`` for bad input.
+    """
+    if runs < 1:
+        raise FusionInputError(f"runs must be at least 1, got {runs}")
+    started = time.perf_counter()
+    notes: list[str] = []
+    model = model if model is not None else load(model_path, notes)
+    skipped: list[str] = []
+    find_sites(model, skipped)  # bad attributes fail here, before anything runs
+    graph = Graph(model)
+    concrete = input_shapes(model, graph.inputs, shapes)
+    feeds = random_feeds(concrete, seed)
+    report = ModelReport(name or str(model_path), engine.version(), [], 0.0, seed, notes=notes + skipped,
+                         input_shapes=concrete)
+    with tempfile.TemporaryDirectory(prefix="fusion-check-") as scratch:
+        workdir = Path(workdir or scratch)
+        judge = WholeModelJudge(model, engine, report, feeds, workdir)
+        judge.run_oracle(shape_help(graph.inputs), seed)
+        source = Path(model_path) if model_path is not None else workdir / "model.onnx"
+        if model_path is None:
+            onnx.save(model, source)
+        if converted is not None:
+            try:
+                given = engine.load(Path(converted), workdir)
+            except EngineFailure as failure:
+                raise FusionInputError(f"cannot read converted model {converted}: {failure.explain()}") from None
+
+        def prepare(run: int):
+            if converted is not None:
+                return given
+            folder = workdir / f"run_{run}"
+            folder.mkdir(exist_ok=True)
+            return engine.prepare(source, folder)
+
+        run = judge.convert_and_run(prepare, runs, converted is None)
+        if run is None:
+            for site in judge.sites:
+                verdict = blank_verdict(site, "not_exposed")
+                verdict.notes.append("not judged: the whole model did not convert or run; `fusion check --sites` "
+                                     "judges each site converted alone")
+                report.sites.append(verdict)
+        else:
+            judge.prepared = run.prepared
+            judge.judge(run, seed)
+            if explain and converted is None:
+                explain_alone(judge, report, workdir)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def explain_alone(judge: WholeModelJudge, report: ModelReport, workdir: Path) -> None:
+    """Convert the culprit site alone and run it on the oracle's input: does the defect need the whole model?"""
+    culprit = report.first_wrong
+    if culprit is None or culprit.site is None:
+        return
+    site = judge.sites[culprit.site]
+    x = np.asarray(judge.feeds.get(site.input_name, judge.oracle.get(site.input_name)), np.float32)
+    folder = workdir / "alone"
+    folder.mkdir(exist_ok=True)
+
+    def prepare(run: int):
+        path = folder / f"site_{site.index}.onnx"
+        onnx.save(build.cut_site(site, judge.model, x.shape), path)
+        return judge.engine.prepare(path, folder)
+
+    alone = judge_site(site, x, judge.engine, prepare, runs=1)
+    verdict = report.sites[site.index]
+    if alone.status == "pass":
+        line = ("converted alone, the site computes right on the oracle's input: the defect shows only inside the "
+                "whole model")
+        verdict.codes.append(Code.CONTEXT_ONLY.value)
+    else:
+        line = "converted alone, the site is wrong too: " + "; ".join(alone.explanations[:2])
+    culprit.explanations.append(line)
+    verdict.explanations.append(line)
