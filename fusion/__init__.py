@@ -16,12 +16,16 @@ from fusion.ops import batch_norm, channel_affine, conv, conv_transpose, conv_tr
 __version__ = "0.1.0"
 
 
-def check_model(model_path, *, mnn=None, converter=None, seed=0, timeout=120.0, runs=2):
-    """``fusion check`` as a function: judge every site of an ONNX model against MNN; returns a ``ModelReport``."""
-    from fusion.check import check as run_check
+def check_model(model_path, *, mnn=None, converter=None, seed=0, timeout=120.0, runs=2, input_shapes=None,
+                sites=False):
+    """``fusion check`` as a function: judge an ONNX model as MNN converts it whole (or your ``mnn`` file), stage by
+    stage; ``sites=True`` converts each site alone. Returns a ``ModelReport``."""
+    from fusion.check import check, check_sites
     from fusion.engines.mnn import MNNEngine
 
-    return run_check(model_path, MNNEngine(converter, timeout=timeout), converted=mnn, seed=seed, runs=runs)
+    judge = check_sites if sites else check
+    return judge(model_path, MNNEngine(converter, timeout=timeout), converted=mnn, seed=seed, runs=runs,
+                 shapes=input_shapes)
 
 
 __all__ = [

@@ -19,19 +19,27 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fusion", description="Golden reference checks for conv + BN/Scale fusion.")
     parser.add_argument("--version", action="version", version=f"fusion {fusion.__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    check = commands.add_parser("check", help="judge a converter's fused result against the reference, site by site",
-                                description="Judge every Conv/ConvTranspose (+ BatchNormalization or Mul/Add) site of "
-                                "MODEL as converted by MNN. Without MODEL, runs the built-in demo set.")
+    check = commands.add_parser("check", help="judge a converted model against the unfused reference, stage by stage",
+                                description="Convert MODEL whole with MNN (or take your --mnn file), run it on the same "
+                                "inputs as the unfused model (onnxruntime, optimizations off), compare every graph "
+                                "output and every tensor inside it, judge each Conv/ConvTranspose (+ BatchNormalization "
+                                "or Mul/Add) site on its own input, and name the first wrong stage. Without MODEL, runs "
+                                "the built-in demo set.")
     check.add_argument("model", nargs="?", help="ONNX model (default: the built-in demo set)")
-    check.add_argument("--mnn", help="your own converted .mnn of MODEL, judged instead of converting each site")
+    check.add_argument("--mnn", help="your own converted .mnn of MODEL, judged instead of converting it")
+    check.add_argument("--sites", action="store_true",
+                       help="cut each site out and convert it alone instead (for a converter that cannot convert the "
+                            "whole model)")
+    check.add_argument("--input-shape", action="append", default=[], metavar="NAME:d0,d1,...",
+                       help="sizes of an input with dynamic dimensions (repeatable; default: batch 1, other dynamic "
+                            "axes 64)")
     check.add_argument("--converter", help="path of an MNNConvert binary to use instead of the installed wheel's")
     check.add_argument("--json", dest="json_path", help="write a machine-readable report here (atomically)")
     check.add_argument("--seed", type=int, default=0, help="seed of the random model inputs (default 0)")
     check.add_argument("--timeout", type=float, default=120.0, help="seconds before an engine step counts as hung")
     check.add_argument("--threads", type=int, default=1, help="MNN CPU threads")
     check.add_argument("--runs", type=int, default=2,
-                       help="conversions and runs of each site on the same input; an output that changes is a finding "
-                            "(default 2)")
+                       help="conversions and runs on the same input; an output that changes is a finding (default 2)")
     fuse = commands.add_parser("fuse", help="fold every foldable site of a model and verify it",
                                description="Fold each Conv/ConvTranspose + BatchNormalization or per-channel Mul/Add "
                                "with fusion.fold, verify the folded model with onnxruntime against the reference "
@@ -64,27 +72,32 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _check(args, console: Console) -> int:
-    from fusion.check import check
+    from fusion.check import check, check_sites
     from fusion.engines.mnn import MNNEngine
     from fusion.files import write_atomic
     from fusion.graph.build import build
     from fusion.graph.demo import demo_specs
+    from fusion.oracle import parse_input_shape
     from fusion.report import print_reports, to_json
 
     if args.mnn and not args.model:
         raise FusionInputError("--mnn needs the ONNX MODEL it was converted from")
+    shapes = dict(parse_input_shape(text) for text in args.input_shape)
+    if shapes and not args.model:
+        raise FusionInputError("--input-shape needs a MODEL")
     engine = MNNEngine(args.converter, timeout=args.timeout, threads=args.threads)
+    judge = check_sites if args.sites else check
     reports = []
     with Progress(console=console, transient=True) as progress:
         if args.model:
-            task = progress.add_task("checking sites", total=None)
-            reports.append(check(args.model, engine, converted=args.mnn, seed=args.seed, runs=args.runs,
-                                 progress=lambda done, total: progress.update(task, completed=done, total=total)))
+            progress.add_task(f"checking {args.model}", total=None)
+            reports.append(judge(args.model, engine, converted=args.mnn, seed=args.seed, runs=args.runs,
+                                 shapes=shapes or None))
         else:
             specs = demo_specs()
             task = progress.add_task("checking the demo models", total=len(specs))
             for spec in specs:
-                reports.append(check(None, engine, model=build(spec), name=spec.name, seed=args.seed, runs=args.runs))
+                reports.append(judge(None, engine, model=build(spec), name=spec.name, seed=args.seed, runs=args.runs))
                 progress.advance(task)
     print_reports(reports, console)
     if args.json_path:

@@ -38,3 +38,43 @@ def chain_model(seed=0, epsilon=1e-5):
     model.ir_version = 9
     onnx.checker.check_model(model)
     return model
+
+
+def conv_chain_model(seed=0, subnormal=True):
+    """Conv 3x3 + BN -> Relu -> Conv 3x3 + BN -> Relu -> Conv 1x1: Winograd-eligible layers, and (``subnormal``) some
+    weights below float32's normal range, as trained models have (TwinLiteNet)."""
+    rng = np.random.default_rng(seed)
+    constants = {}
+
+    def constant(name, array):
+        constants[name] = np.asarray(array, np.float32)
+        return name
+
+    def weights(name, shape):
+        w = rng.standard_normal(shape) * 0.2
+        if subnormal:
+            w[0] *= 1e-40  # one output channel of subnormal weights
+            w.reshape(-1)[5::7] *= 1e-39
+        return constant(name, w)
+
+    def bn(prefix, channels):
+        return [constant(f"{prefix}_scale", rng.uniform(0.5, 2, channels)), constant(f"{prefix}_bias", rng.standard_normal(channels)),
+                constant(f"{prefix}_mean", rng.standard_normal(channels) * 0.5), constant(f"{prefix}_var", rng.uniform(0.2, 2, channels))]
+
+    nodes = [
+        helper.make_node("Conv", ["input", weights("c1.w", (16, 8, 3, 3)), constant("c1.b", rng.standard_normal(16))],
+                         ["c1"], name="c1", pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["c1"] + bn("bn1", 16), ["bn1"], name="bn1"),
+        helper.make_node("Relu", ["bn1"], ["relu1"], name="relu1"),
+        helper.make_node("Conv", ["relu1", weights("c2.w", (16, 16, 3, 3))], ["c2"], name="c2", pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["c2"] + bn("bn2", 16), ["bn2"], name="bn2"),
+        helper.make_node("Relu", ["bn2"], ["relu2"], name="relu2"),
+        helper.make_node("Conv", ["relu2", weights("c3.w", (4, 16, 1, 1))], ["output"], name="c3"),
+    ]
+    graph = helper.make_graph(nodes, "encoder", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 8, 20, 20])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 4, 20, 20])],
+                              [numpy_helper.from_array(v, k) for k, v in constants.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    onnx.checker.check_model(model)
+    return model

@@ -1,4 +1,6 @@
-"""Layers import only from below: math, kernels, bridges, jobs, surface (see README, "Layout")."""
+"""Layers import only from below: math, kernels, the oracle, graph, engines, jobs, surface (see README, "Layout").
+
+``graph`` and ``engines`` are layers of their own: the adapters use the site finder, never the reverse."""
 
 import ast
 from pathlib import Path
@@ -6,10 +8,12 @@ from pathlib import Path
 PACKAGE = Path(__file__).parent.parent / "fusion"
 LAYERS = {
     1: {"errors", "attrs", "affine", "reference", "fold", "legacy", "compare", "diagnose", "files"},
-    2: {"kernels", "ops", "bounds"},
-    3: {"graph", "engines"},
-    4: {"check", "sweep", "bench", "report", "testing"},
-    5: {"cli", "__init__"},
+    2: {"kernels", "ops", "bounds", "winograd"},
+    3: {"oracle"},
+    4: {"graph"},
+    5: {"engines"},
+    6: {"check", "sweep", "bench", "report", "testing"},
+    7: {"cli", "__init__"},
 }
 
 

@@ -67,7 +67,8 @@ def judge_params_into(verdict: SiteVerdict, site: Site, ref: Reference, engine: 
             add_failure(verdict, failure)
         return
     verdict.params, explanations, notes, codes = judge_params(site, ref, params)
-    verdict.explanations += [f"parameters: {e}" for e in explanations]
+    verdict.explanations += [e for e in dict.fromkeys(f"parameters: {e}" for e in explanations)
+                             if e not in verdict.explanations]
     verdict.notes += notes
     verdict.codes += [c.value for c in codes if c.value not in verdict.codes]
 

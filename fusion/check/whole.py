@@ -35,6 +35,7 @@ from fusion.check.explain import Code, reference, unrepeatable
 from fusion.check.sites import (RELU_FUSED, add_failure, blank_verdict, judge_output_into, judge_params_into,
                                 judge_site, shape_help)
 from fusion.check.verdicts import FirstWrong, ModelReport, SiteVerdict, TensorCheck, WholeModel
+from fusion.compare import compare
 from fusion.diagnose import per_channel
 from fusion.engines.base import Engine, EngineFailure
 from fusion.errors import FusionInputError
@@ -124,14 +125,14 @@ class WholeModelJudge:
             self._model_failure(failure, "the whole model did not convert")
             return None
         self.watched = [n for n in self.oracle if n in available and n not in self.feeds]
-        missing = [o for o in self.outputs if o not in available and o in self.oracle]
-        if missing:
-            self.report.explanations.append(f"the converted model has no graph output {missing}")
         try:
             first = self._run(prepared)
         except EngineFailure as failure:
             self._model_failure(failure, "the converted model did not run")
             return None
+        missing = [o for o in self.outputs if o not in available and o in self.oracle]
+        if missing:
+            self.report.explanations.append(f"the converted model has no graph output {missing}")
         for run in range(2, runs + 1):
             try:
                 again = self._run(prepare(run))
@@ -359,6 +360,13 @@ class WholeModelJudge:
                                  "converter gave that name to another value (not judged)")
         return True
 
+    def site_input(self, site: Site, values: dict) -> np.ndarray:
+        """The site's input as the engine has it, else as the oracle computes it."""
+        for source in (self.feeds, values, self.oracle):
+            if site.input_name in source:
+                return np.asarray(source[site.input_name], np.float32)
+        raise KeyError(site.input_name)
+
     def local_value(self, name: str) -> np.ndarray:
         return self.local[name]
 
@@ -413,8 +421,7 @@ class WholeModelJudge:
             step = {"Mul": ChannelAffine(vector, zeros, zeros), "Add": ChannelAffine(ones, zeros, vector),
                     "Sub": ChannelAffine(ones, zeros, -vector)}[consumer.op_type]
             affine = step if affine is None else affine.then(step)
-        x = np.asarray(self.feeds.get(site.input_name, values.get(site.input_name, self.oracle[site.input_name])),
-                       np.float32)
+        x = self.site_input(site, values)
         conv = site.convolve(x, site.w, site.b)
         vector = (1, -1) + (1,) * site.rank
         predicted = conv * affine.mul.reshape(vector) + affine.shift.reshape(vector)
@@ -496,10 +503,12 @@ def check(model_path, engine: Engine, *, converted=None, seed: int = 0, workdir=
 def explain_alone(judge: WholeModelJudge, report: ModelReport, workdir: Path) -> None:
     """Convert the culprit site alone and run it on the oracle's input: does the defect need the whole model?"""
     culprit = report.first_wrong
-    if culprit is None or culprit.site is None:
-        return
+    if culprit is None or culprit.site is None or report.sites[culprit.site].status == "not_exposed" or \
+            Code.BROADCAST_AS_CHANNEL.value in report.sites[culprit.site].codes:
+        return  # the defect lies in what the converter merged into the site, which the site alone does not hold
     site = judge.sites[culprit.site]
-    x = np.asarray(judge.feeds.get(site.input_name, judge.oracle.get(site.input_name)), np.float32)
+    x = np.asarray(judge.feeds[site.input_name] if site.input_name in judge.feeds else judge.oracle[site.input_name],
+                   np.float32)
     folder = workdir / "alone"
     folder.mkdir(exist_ok=True)
 
@@ -514,7 +523,10 @@ def explain_alone(judge: WholeModelJudge, report: ModelReport, workdir: Path) ->
         line = ("converted alone, the site computes right on the oracle's input: the defect shows only inside the "
                 "whole model")
         verdict.codes.append(Code.CONTEXT_ONLY.value)
+    elif set(alone.codes) <= set(verdict.codes) and alone.codes:
+        line = "converted alone, the site is wrong the same way"
     else:
-        line = "converted alone, the site is wrong too: " + "; ".join(alone.explanations[:2])
+        line = "converted alone, the site is wrong too: " + (alone.explanations[0] if alone.explanations else
+                                                             "its output or parameters differ")
     culprit.explanations.append(line)
     verdict.explanations.append(line)

@@ -105,7 +105,8 @@ class MNNEngine:
 
     def load(self, artifact: Path, workdir: Path) -> MnnModel:
         prepared = MnnModel(Path(artifact), Path(workdir))
-        self.tensor_names(prepared)  # an unreadable file is bad input: say so before anything runs
+        self.graph(prepared)  # an unreadable file is bad input: say so before anything runs
+        self.tensor_names(prepared)
         return prepared
 
     def tensor_names(self, prepared: MnnModel) -> set[str]:

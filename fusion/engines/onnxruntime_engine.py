@@ -59,20 +59,25 @@ class OnnxRuntimeEngine:
                 return {name: saved[f"t{i}"] for i, name in enumerate(outputs)}
 
     def site_params(self, prepared: Path, site) -> EngineParams:
-        """The conv writing the site's output (fused) or its conv output (not fused), read with the same site
-        finder as the ONNX model, so that whatever tail onnxruntime kept (BN, Mul, Add) is composed by the checker."""
-        try:
-            candidates = find_sites(onnx.load(prepared))
-        except FusionInputError as error:
-            raise EngineFailure(self.name, "reading fused parameters", "missing", str(error)) from None
-        for candidate in candidates:
-            if candidate.op != site.op or candidate.output_name != site.output_name:
-                continue
-            b = np.zeros(candidate.c_out, candidate.w.dtype) if candidate.b is None else candidate.b
-            tail = [] if candidate.affine is None else [
-                TailOp(candidate.tail, " + ".join(n.name for n in candidate.tail_nodes), candidate.affine.mul,
-                       candidate.affine.shift)]
-            return EngineParams(w=candidate.w, b=b, tail=tail, ops=[candidate.label])
-        raise EngineFailure(self.name, "reading fused parameters", "missing",
-                            f"no {site.op} (with or without a kept tail) writes {site.output_name!r} in the optimized "
-                            "model")
+        return onnx_site_params(prepared, site, self.name)
+
+
+def onnx_site_params(path: Path, site, engine: str) -> EngineParams:
+    """The conv writing the site's output (fused) or its conv output (not fused) in an ONNX model an engine wrote,
+    read with the same site finder as the original, so that whatever tail it kept (BN, Mul, Add) is composed by the
+    checker."""
+    try:
+        candidates = find_sites(onnx.load(path))
+    except FusionInputError as error:
+        raise EngineFailure(engine, "reading fused parameters", "missing", str(error)) from None
+    for candidate in candidates:
+        if candidate.op != site.op or candidate.output_name != site.output_name:
+            continue
+        b = np.zeros(candidate.c_out, candidate.w.dtype) if candidate.b is None else candidate.b
+        tail = [] if candidate.affine is None else [
+            TailOp(candidate.tail, " + ".join(n.name for n in candidate.tail_nodes), candidate.affine.mul,
+                   candidate.affine.shift)]
+        return EngineParams(w=candidate.w, b=b, tail=tail, ops=[candidate.label])
+    raise EngineFailure(engine, "reading fused parameters", "missing",
+                        f"no {site.op} (with or without a kept tail) writes {site.output_name!r} in the converted "
+                        "model")

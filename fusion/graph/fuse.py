@@ -82,6 +82,10 @@ def fuse_model(model: onnx.ModelProto) -> tuple[onnx.ModelProto, FuseReport, lis
     fused.graph.node.extend(kept)
     fused.graph.initializer.extend(new_initializers)
     _drop_unused_initializers(fused)
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError:
+        return fused, report, folded_sites  # a technicality the input had already (load() said so)
     onnx.checker.check_model(fused)
     return fused, report, folded_sites
 
@@ -92,9 +96,14 @@ def id_of(node: onnx.NodeProto) -> tuple:
 
 def _drop_unused_initializers(model: onnx.ModelProto) -> None:
     used = {name for node in model.graph.node for name in node.input} | {o.name for o in model.graph.output}
+    dropped = {t.name for t in model.graph.initializer if t.name not in used}
     kept = [t for t in model.graph.initializer if t.name in used]
     del model.graph.initializer[:]
     model.graph.initializer.extend(kept)
+    # an old exporter lists initializers among the graph inputs too: those go with them
+    inputs = [i for i in model.graph.input if i.name not in dropped]
+    del model.graph.input[:]
+    model.graph.input.extend(inputs)
 
 
 def verify(original: onnx.ModelProto, fused: onnx.ModelProto, sites: list[Site], *, seed: int = 0,
