@@ -127,13 +127,13 @@ class Outcome:
 
 def judge(spec: SiteSpec, engine, index: int = -1) -> Outcome:
     """Judge one configuration with ``fusion.check``'s machinery."""
-    from fusion.check import check
+    from fusion.check import check_sites
 
     started = time.perf_counter()
     try:
         # one engine run per configuration: a campaign spends the repeat run of ``fusion check`` on more
         # configurations instead
-        report = check(None, engine, model=build(spec), name=spec.name, runs=1)
+        report = check_sites(None, engine, model=build(spec), name=spec.name, runs=1)
     except Exception as error:  # one configuration must never end a campaign: record it, and it is ours to fix
         explanations = [f"fusion could not judge this configuration: {type(error).__name__}: {error}"]
         return Outcome(index, spec.to_dict(), "fail", list(signature(explanations)), explanations, [],
