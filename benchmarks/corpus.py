@@ -6,6 +6,9 @@ FOLDER holds the models named in the list (where each comes from is written ther
 model its sites, each graph output's absMaxV / DiffMax, the verdict, the culprit, and the wall time of the check
 (a warm Numba cache; the first run of a fresh install compiles the kernels). ``--out`` keeps each JSON report and
 the text the CLI printed.
+
+``--plant``: also converts each model with MNN, zeroes the fused bias of one site in the converted file (through
+MNN's JSON dump), and judges that file with ``--mnn``: the check must fail, naming that site as the culprit.
 """
 
 import argparse
@@ -23,12 +26,14 @@ def main() -> int:
     parser.add_argument("folder")
     parser.add_argument("--list", default=str(Path(__file__).with_name("corpus.json")))
     parser.add_argument("--out")
+    parser.add_argument("--plant", action="store_true")
     args = parser.parse_args()
     entries = json.loads(Path(args.list).read_text())["models"]
     out = Path(args.out or tempfile.mkdtemp(prefix="fusion-corpus-"))
     out.mkdir(parents=True, exist_ok=True)
-    print("| model | sites | statuses | graph outputs: absMaxV / DiffMax | verdict | culprit | check time |")
-    print("|---|---|---|---|---|---|---|")
+    planted = " planted bias drop: verdict, culprit |" if args.plant else ""
+    print("| model | sites | statuses | graph outputs: absMaxV / DiffMax | verdict | culprit | check time |" + planted)
+    print("|---|---|---|---|---|---|---|" + ("---|" if args.plant else ""))
     for entry in entries:
         model = Path(args.folder) / entry["file"]
         if not model.is_file():
@@ -53,10 +58,49 @@ def main() -> int:
         culprit = judged["first_wrong"]
         where = "-" if culprit is None else f"{culprit['node']} (site {culprit['site']})"
         verdict = "PASS" if judged["passed"] else "FAIL"
-        print(f"| {entry['file']} | {len(judged['sites'])} | {', '.join(f'{k} {v}' for k, v in statuses.items())} | "
-              f"{outputs or '(no float output)'} | {verdict} | {where} | {seconds:.1f} s |")
+        row = (f"| {entry['file']} | {len(judged['sites'])} | {', '.join(f'{k} {v}' for k, v in statuses.items())} | "
+               f"{outputs or '(no float output)'} | {verdict} | {where} | {seconds:.1f} s |")
+        print(row + (f" {plant_bias_drop(model, entry, out)} |" if args.plant else ""))
     print(f"\nreports: {out}", file=sys.stderr)
     return 0
+
+
+def plant_bias_drop(model: Path, entry: dict, out: Path) -> str:
+    """Zero the fused bias of the first site with a nonzero one in MNN's conversion; judge that file."""
+    import numpy as np
+
+    from fusion.engines.base import EngineFailure
+    from fusion.engines.mnn import MNNEngine
+    from fusion.graph.model import load
+    from fusion.graph.sites import find_sites
+
+    engine = MNNEngine()
+    folder = out / (model.stem + "-planted")
+    folder.mkdir(exist_ok=True)
+    prepared = engine.prepare(model, folder)
+    target = None
+    for site in find_sites(load(model), []):
+        try:
+            params = engine.site_params(prepared, site)
+        except EngineFailure:
+            continue
+        if params.b is not None and np.abs(params.b).max() > 0:
+            target = site
+            break
+    if target is None:
+        return "no site with a readable bias"
+    broken = folder / "broken.mnn"
+    engine.rewrite(model, broken, {target.conv_output: (None, np.zeros(target.c_out, np.float32))}, folder)
+    report = folder / "broken.json"
+    command = [sys.executable, "-m", "fusion.cli", "check", str(model), "--mnn", str(broken), "--json", str(report)]
+    for shape in entry.get("input_shape", []):
+        command += ["--input-shape", shape]
+    subprocess.run(command, capture_output=True, text=True)
+    (judged,) = json.loads(report.read_text())["models"]
+    culprit = judged["first_wrong"]
+    named = culprit is not None and culprit["site"] == target.index
+    return (f"{'FAIL' if not judged['passed'] else 'PASS (missed)'}, "
+            f"{'site ' + str(target.index) + ' named' if named else 'culprit ' + str(culprit)}")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, replace
@@ -20,7 +19,6 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import onnx
 
 from fusion.errors import FusionInputError
 from fusion.files import write_atomic

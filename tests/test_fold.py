@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 import fusion
@@ -92,24 +92,50 @@ def test_legacy_mnn_fold_is_caught_exactly_where_its_index_map_differs(data):
     assert legacy_result.passed == (not reaches), legacy_result.summary()
 
 
-@given(data=st.data())
-def test_pytorch_transpose_reshape_never_passes_on_grouped_layers(data):
-    config = data.draw(conv_configs(transposed=True))
+def _pytorch_fold_never_passes(config, rng, fold) -> None:
+    """``fold`` (PyTorch's transpose fold, or a planted one) on a grouped layer: numpy's broadcasting refuses it, or
+    it returns a weight no layer of this shape can use, or the layer computes the wrong result: never a pass."""
     attributes = config["attributes"]
-    if attributes["group"] == 1:
-        return
-    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
     x, w, b = arrays_for(config, rng)
     params = _bn_params(rng, _channels(config))
     affine = batch_norm_affine(**params)
+    try:
+        w_wrong, b_wrong = fold(w, b, affine)
+    except ValueError as error:  # (1, C_out, 1...) against C_out/group columns: loud, never silent
+        assert "could not be broadcast" in str(error), error
+        return
+    if w_wrong.shape != w.shape:  # C_out/group == 1: widened to (C_in, C_out, *k)
+        return
     expected = fusion.batch_norm(fusion.conv_transpose(x.astype(np.float64), w.astype(np.float64), b, **attributes),
                                  **params)
-    try:
-        w_wrong, b_wrong = legacy.fold_pytorch_transpose(w, b, affine)
-        actual = fusion.conv_transpose(x, w_wrong, b_wrong, **attributes)
-    except ValueError:
-        return  # broadcasting (1, C_out, 1...) against C_out/group columns fails loudly, or the widened weight is refused
+    actual = fusion.conv_transpose(x, w_wrong, b_wrong, **attributes)
     assert not compare(actual, expected, bound=site_bound(x, w, b, affine, transposed=True, **attributes)).passed
+
+
+@given(data=st.data())
+def test_pytorch_transpose_reshape_never_passes_on_grouped_layers(data):
+    config = data.draw(conv_configs(transposed=True))
+    assume(config["attributes"]["group"] > 1)
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    _pytorch_fold_never_passes(config, rng, legacy.fold_pytorch_transpose)
+
+
+@pytest.mark.parametrize("planted", ["raises_otherwise", "correct_fold"])
+def test_the_pytorch_fold_test_fails_on_a_fold_that_is_not_the_known_defect(planted):
+    """The test above has teeth: a fold that fails for another reason, or that is right, makes it fail (its former
+    version returned on any ValueError before comparing)."""
+    config = {"x_shape": (1, 4, 3, 3), "w_shape": (4, 2, 2, 2), "transposed": True, "bias": True,
+              "attributes": {"group": 2, "strides": [2, 2], "pads": [0, 0, 0, 0]}}
+
+    def raises_otherwise(w, b, affine):
+        raise ValueError("planted: not a broadcasting error")
+
+    def correct_fold(w, b, affine):
+        return fold_affine(w, b, affine, group=2, transposed=True)
+
+    fold = {"raises_otherwise": raises_otherwise, "correct_fold": correct_fold}[planted]
+    with pytest.raises(AssertionError):
+        _pytorch_fold_never_passes(config, np.random.default_rng(0), fold)
 
 
 def test_fold_runs_along_output_channels_per_group():

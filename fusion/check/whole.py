@@ -32,7 +32,7 @@ import onnx
 from fusion.affine import ChannelAffine
 from fusion.bounds import site_bound
 from fusion.check.explain import Code, reference, unrepeatable
-from fusion.check.sites import (RELU_FUSED, add_failure, blank_verdict, judge_output_into, judge_params_into,
+from fusion.check.sites import (RELU_FUSED, blank_verdict, judge_output_into, judge_params_into,
                                 judge_site, shape_help)
 from fusion.check.verdicts import FirstWrong, ModelReport, SiteVerdict, TensorCheck, WholeModel
 from fusion.compare import compare
