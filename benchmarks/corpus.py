@@ -7,8 +7,9 @@ model its sites, each graph output's absMaxV / DiffMax, the verdict, the culprit
 (a warm Numba cache; the first run of a fresh install compiles the kernels). ``--out`` keeps each JSON report and
 the text the CLI printed.
 
-``--plant``: also converts each model with MNN, zeroes the fused bias of one site in the converted file (through
-MNN's JSON dump), and judges that file with ``--mnn``: the check must fail, naming that site as the culprit.
+``--plant``: also converts each model with MNN and plants a defect in the middle site of those whose parameters can
+be read, in the converted file itself (through MNN's JSON dump): its fused bias zeroed, or the weights of one
+output channel scaled by 1.01. Each file is judged with ``--mnn``: the check must fail, naming that site.
 """
 
 import argparse
@@ -31,9 +32,9 @@ def main() -> int:
     entries = json.loads(Path(args.list).read_text())["models"]
     out = Path(args.out or tempfile.mkdtemp(prefix="fusion-corpus-"))
     out.mkdir(parents=True, exist_ok=True)
-    planted = " planted bias drop: verdict, culprit |" if args.plant else ""
+    planted = " bias zeroed: verdict, culprit | one channel's weights x1.01: verdict, culprit |" if args.plant else ""
     print("| model | sites | statuses | graph outputs: absMaxV / DiffMax | verdict | culprit | check time |" + planted)
-    print("|---|---|---|---|---|---|---|" + ("---|" if args.plant else ""))
+    print("|---|---|---|---|---|---|---|" + ("---|---|" if args.plant else ""))
     for entry in entries:
         model = Path(args.folder) / entry["file"]
         if not model.is_file():
@@ -60,37 +61,47 @@ def main() -> int:
         verdict = "PASS" if judged["passed"] else "FAIL"
         row = (f"| {entry['file']} | {len(judged['sites'])} | {', '.join(f'{k} {v}' for k, v in statuses.items())} | "
                f"{outputs or '(no float output)'} | {verdict} | {where} | {seconds:.1f} s |")
-        print(row + (f" {plant_bias_drop(model, entry, out)} |" if args.plant else ""))
+        print(row + (f" {plant(model, entry, out, 'bias')} | {plant(model, entry, out, 'weight')} |" if args.plant
+                     else ""))
     print(f"\nreports: {out}", file=sys.stderr)
     return 0
 
 
-def plant_bias_drop(model: Path, entry: dict, out: Path) -> str:
-    """Zero the fused bias of the first site with a nonzero one in MNN's conversion; judge that file."""
+def plant(model: Path, entry: dict, out: Path, kind: str) -> str:
+    """Plant ``kind`` (``bias``: zeroed; ``weight``: output channel 0 scaled by 1.01) in the middle readable site of
+    MNN's conversion; judge that file and say whether the check failed and named the site."""
     import numpy as np
 
     from fusion.engines.base import EngineFailure
-    from fusion.engines.mnn import MNNEngine
+    from fusion.engines.mnn import MnnEngine
+    from fusion.fold import output_channel_view
     from fusion.graph.model import load
     from fusion.graph.sites import find_sites
 
-    engine = MNNEngine()
-    folder = out / (model.stem + "-planted")
+    engine = MnnEngine()
+    folder = out / f"{model.stem}-planted-{kind}"
     folder.mkdir(exist_ok=True)
     prepared = engine.prepare(model, folder)
-    target = None
+    readable = []
     for site in find_sites(load(model), []):
         try:
             params = engine.site_params(prepared, site)
         except EngineFailure:
             continue
-        if params.b is not None and np.abs(params.b).max() > 0:
-            target = site
-            break
-    if target is None:
-        return "no site with a readable bias"
+        if params.b is not None and (kind == "weight" or np.abs(params.b).max() > 0):
+            readable.append((site, params))
+    if not readable:
+        return "no site whose parameters can be read"
+    site, params = readable[len(readable) // 2]
+    if kind == "bias":
+        edit = (None, np.zeros(site.c_out, np.float32))
+    else:
+        w = params.w.astype(np.float64)
+        view, _ = output_channel_view(w, site.group, site.transposed)
+        (view[0, :, 0] if site.transposed else view[0])[...] *= 1.01
+        edit = (w.astype(np.float32), None)
     broken = folder / "broken.mnn"
-    engine.rewrite(model, broken, {target.conv_output: (None, np.zeros(target.c_out, np.float32))}, folder)
+    engine.rewrite(model, broken, {site.conv_output: edit}, folder)
     report = folder / "broken.json"
     command = [sys.executable, "-m", "fusion.cli", "check", str(model), "--mnn", str(broken), "--json", str(report)]
     for shape in entry.get("input_shape", []):
@@ -98,9 +109,9 @@ def plant_bias_drop(model: Path, entry: dict, out: Path) -> str:
     subprocess.run(command, capture_output=True, text=True)
     (judged,) = json.loads(report.read_text())["models"]
     culprit = judged["first_wrong"]
-    named = culprit is not None and culprit["site"] == target.index
+    named = culprit is not None and culprit["site"] == site.index
     return (f"{'FAIL' if not judged['passed'] else 'PASS (missed)'}, "
-            f"{'site ' + str(target.index) + ' named' if named else 'culprit ' + str(culprit)}")
+            f"{f'site {site.index} named' if named else f'culprit {culprit} instead of site {site.index}'}")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import tempfile
 import time
 
 from fusion import sweep
-from fusion.engines.mnn import MNNEngine
+from fusion.engines.mnn import MnnEngine
 
 
 def main() -> int:
@@ -22,7 +22,7 @@ def main() -> int:
     parser.add_argument("--workers", default="1,2")
     parser.add_argument("--seed", type=int, default=11)
     args = parser.parse_args()
-    engine = MNNEngine()
+    engine = MnnEngine()
     print(f"| workers | configurations | wall s | configurations / minute |  ({engine.version()})")
     print("|---|---|---|---|")
     for workers in (int(w) for w in args.workers.split(",")):

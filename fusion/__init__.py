@@ -21,10 +21,10 @@ def check_model(model_path, *, mnn=None, converter=None, seed=0, timeout=120.0, 
     """``fusion check`` as a function: judge an ONNX model as MNN converts it whole (or your ``mnn`` file), stage by
     stage; ``sites=True`` converts each site alone. Returns a ``ModelReport``."""
     from fusion.check import check, check_sites
-    from fusion.engines.mnn import MNNEngine
+    from fusion.engines.mnn import MnnEngine
 
     judge = check_sites if sites else check
-    return judge(model_path, MNNEngine(converter, timeout=timeout), converted=mnn, seed=seed, runs=runs,
+    return judge(model_path, MnnEngine(converter, timeout=timeout), converted=mnn, seed=seed, runs=runs,
                  shapes=input_shapes)
 
 

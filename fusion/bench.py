@@ -32,7 +32,7 @@ from threadpoolctl import threadpool_limits
 from fusion import fold, ops
 from fusion.engines.base import EngineFailure
 from fusion.engines.isolate import python_child
-from fusion.engines.mnn import MNNEngine
+from fusion.engines.mnn import MnnEngine
 from fusion.oracle import session
 from fusion.files import write_atomic
 from fusion.graph.build import SiteSpec, build
@@ -332,7 +332,7 @@ def _paths(shape: Shape, spec: SiteSpec, model: onnx.ModelProto, threads: int, e
         # MNN's unfused path: BN spelled as Mul + Add, which MNN 3.6.1 keeps as separate ops (its --forTraining
         # conversion, which keeps BatchNorm, crashes at run time)
         stem = f"{abs(hash((shape.name, threads)))}"
-        converter = MNNEngine(timeout=600)
+        converter = MnnEngine(timeout=600)
         for label, graph in (("unfused", _bn_as_mul_add(model, affine)), ("folded", fused), ("own fusion", model),
                              ("Conv mirrored", conv_model)):
             onnx_path, mnn_path = scratch / f"{stem}-{label}.onnx", scratch / f"{stem}-{label.replace(' ', '_')}.mnn"

@@ -63,7 +63,7 @@ def site_bound(x, w, b=None, affine: ChannelAffine | None = None, *, transposed:
     view, vector_shape = output_channel_view(w64, geo.group, transposed)
     w_scaled = (view * mul.reshape(vector_shape)).reshape(w64.shape)
     b_abs = np.zeros(geo.c_out) if b is None else np.abs(np.asarray(b, np.float64))
-    magnitude = ops.convolve_float64(x64, w_scaled, constant_of(b_abs), transposed=transposed, **geometry)
+    magnitude = ops.fast_kernels_in_float64(x64, w_scaled, constant_of(b_abs), transposed=transposed, **geometry)
     n = geo.reduction_length + roundings
     u64 = unit_roundoff(np.float64)
     return (gamma(n, unit_roundoff(dtype)) + 2 * gamma(n, u64)) * magnitude
@@ -74,7 +74,7 @@ def exact_site(x, w, b=None, affine: ChannelAffine | None = None, *, transposed:
     """``(expected, bound)`` for ``affine(conv(x, w) + b)``: the result computed in float64 (no ``affine``: the
     convolution alone), and ``site_bound`` for an evaluation of it in ``dtype``. ``convolution``: ``conv(x, w) + b``
     in float64, when the caller has computed it already."""
-    expected = ops.convolve_float64(x, w, b, transposed=transposed, **attributes) if convolution is None else \
+    expected = ops.fast_kernels_in_float64(x, w, b, transposed=transposed, **attributes) if convolution is None else \
         convolution
     if affine is not None:
         expected = ops.channel_affine(expected, affine)
@@ -139,10 +139,10 @@ def flush_allowance(x, w, b=None, affine: ChannelAffine | None = None, *, transp
     flushable = np.where((w64 < TINY) | (folded < TINY), folded, 0.0)
     total = np.full((geo.batch, geo.c_out) + geo.output_shape, (geo.reduction_length + 2) * TINY)
     if flushable.any():
-        total += ops.convolve_float64(x64, flushable, None, transposed=transposed, **geometry)
+        total += ops.fast_kernels_in_float64(x64, flushable, None, transposed=transposed, **geometry)
     tiny_inputs = np.where(x64 < TINY, TINY, 0.0)
     if tiny_inputs.any():
-        total += ops.convolve_float64(tiny_inputs, folded, None, transposed=transposed, **geometry)
+        total += ops.fast_kernels_in_float64(tiny_inputs, folded, None, transposed=transposed, **geometry)
     return total
 
 

@@ -55,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--budget", type=int, default=200, help="configurations to judge (default 200)")
     sweep.add_argument("--seed", type=int, default=0)
     sweep.add_argument("--dims", default="1,2,3", help="spatial ranks to draw from (default 1,2,3)")
-    sweep.add_argument("--tails", default="none,bn,scale,mul,add", help="tails to draw from")
+    sweep.add_argument("--tails", default="none,bn,mul_add,mul,add", help="tails to draw from")
     sweep.add_argument("--engine", choices=("mnn", "onnxruntime"), default="mnn")
     sweep.add_argument("--workers", type=int, default=2, help="local worker processes (default 2)")
     sweep.add_argument("--dask", help="address of an existing Dask scheduler to run the campaign on")
@@ -73,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _check(args, console: Console) -> int:
     from fusion.check import check, check_sites
-    from fusion.engines.mnn import MNNEngine
+    from fusion.engines.mnn import MnnEngine
     from fusion.files import write_atomic
     from fusion.graph.build import build
     from fusion.graph.demo import demo_specs
@@ -85,7 +85,7 @@ def _check(args, console: Console) -> int:
     shapes = dict(parse_input_shape(text) for text in args.input_shape)
     if shapes and not args.model:
         raise FusionInputError("--input-shape needs a MODEL")
-    engine = MNNEngine(args.converter, timeout=args.timeout, threads=args.threads)
+    engine = MnnEngine(args.converter, timeout=args.timeout, threads=args.threads)
     judge = check_sites if args.sites else check
     reports = []
     with Progress(console=console, transient=True) as progress:
@@ -149,9 +149,9 @@ def _sweep(args, console: Console) -> int:
     if not set(dims) <= {1, 2, 3} or not set(tails) <= set(TAILS):
         raise FusionInputError(f"--dims takes 1,2,3 and --tails takes {','.join(TAILS)}")
     if args.engine == "mnn":
-        from fusion.engines.mnn import MNNEngine
+        from fusion.engines.mnn import MnnEngine
 
-        engine = MNNEngine(timeout=args.timeout)
+        engine = MnnEngine(timeout=args.timeout)
     else:
         from fusion.engines.onnxruntime_engine import OnnxRuntimeEngine
 

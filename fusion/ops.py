@@ -18,8 +18,8 @@ from fusion.errors import FusionInputError
 from fusion.kernels.affine import channel_affine_3d
 from fusion.kernels.col2im import col2im_3d, col2im_3d_serial, im2col_3d
 from fusion.kernels.conv import conv_3d
-from fusion.kernels.phases import conv_transpose_phases, plan
-from fusion.kernels.polyphase import split_input, split_plan
+from fusion.kernels.conv_transpose_phases import conv_transpose_phases, plan
+from fusion.kernels.conv_polyphase import split_input, split_plan
 from fusion.kernels.tiles import pad_input, tiled_gemms
 
 DTYPES = (np.float32, np.float64)
@@ -104,7 +104,7 @@ def _lifted_geometry(geo: attrs.ConvGeometry) -> tuple[tuple[int, int, int], ...
 
 
 def _lifted_plan(plan_function, geo: attrs.ConvGeometry, strides, dilations, pads_begin):
-    """``plan_function`` (``phases.plan`` or ``polyphase.split_plan``, cached per geometry) of ``geo`` on 3 spatial
+    """``plan_function`` (``conv_transpose_phases.plan`` or ``conv_polyphase.split_plan``, cached per geometry) of ``geo`` on 3 spatial
     axes, given its lifted ``strides, dilations, pads_begin``."""
     return plan_function(_lift_ints(geo.input_shape, 1), _lift_ints(geo.kernel_shape, 1), strides, dilations,
                          pads_begin, _lift_ints(geo.output_shape, 1))
@@ -156,7 +156,7 @@ def _conv_transpose_gemm(x, w, b, geo: attrs.ConvGeometry, affine: ChannelAffine
 
 def _conv_transpose_phases(x, w, b, geo: attrs.ConvGeometry, affine: ChannelAffine | None, tiled: bool) -> np.ndarray:
     """ConvTranspose as a gather over output phases: ``fusion.kernels.tiles`` if ``tiled``, else
-    ``fusion.kernels.phases``."""
+    ``fusion.kernels.conv_transpose_phases``."""
     strides, dilations, pads_begin = _lifted_geometry(geo)
     phase_plan = _lifted_plan(plan, geo, strides, dilations, pads_begin)
     if affine is None:
@@ -217,7 +217,7 @@ def _conv_gemm(x, w, b, geo: attrs.ConvGeometry) -> np.ndarray:
 
 
 def _conv_tiles(x, w, b, geo: attrs.ConvGeometry) -> np.ndarray:
-    """Conv as one register-tiled GEMM over the polyphase split of the input (``fusion.kernels.polyphase``)."""
+    """Conv as one register-tiled GEMM over the polyphase split of the input (``fusion.kernels.conv_polyphase``)."""
     strides, dilations, pads_begin = _lifted_geometry(geo)
     split = _lifted_plan(split_plan, geo, strides, dilations, pads_begin)
     group, c_in_g, taps = geo.group, geo.c_in // geo.group, math.prod(geo.kernel_shape)
@@ -283,9 +283,10 @@ def conv(x, w, b=None, *, group=1, strides=None, pads=None, dilations=None, auto
     return _conv_direct(x, w, b, geo)
 
 
-def convolve_float64(x, w, b=None, *, transposed: bool, **attributes) -> np.ndarray:
-    """``conv_transpose`` (``transposed``) or ``conv`` of ``x, w, b`` computed in float64, whatever their dtype:
-    the exact side of every comparison."""
+def fast_kernels_in_float64(x, w, b=None, *, transposed: bool, **attributes) -> np.ndarray:
+    """``conv_transpose`` (``transposed``) or ``conv`` of ``x, w, b``: this package's fast kernels run in float64,
+    whatever the inputs' dtype, the exact side of every comparison. They are trusted there because every kernel is
+    tested against the plain loops of ``fusion.reference`` (too slow for whole models), within the float64 bound."""
     function = conv_transpose if transposed else conv
     return function(np.asarray(x, np.float64), np.asarray(w, np.float64),
                     None if b is None else np.asarray(b, np.float64), **attributes)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).parent.parent / "fusion"
 LAYERS = {
-    1: {"errors", "attrs", "affine", "reference", "fold", "legacy", "compare", "diagnose", "files"},
+    1: {"errors", "attrs", "affine", "reference", "fold", "known_wrong_folds", "compare", "diagnose", "files"},
     2: {"kernels", "ops", "bounds", "winograd"},
     3: {"oracle"},
     4: {"graph"},

@@ -11,10 +11,10 @@ import numpy as np
 import onnx
 import pytest
 
-from fusion import legacy
+from fusion import known_wrong_folds
 from fusion.check import BIAS_MISSING, LEGACY, check
 from fusion.cli import main
-from fusion.engines.mnn import MNNEngine
+from fusion.engines.mnn import MnnEngine
 from fusion.graph.build import build
 from fusion.graph.demo import demo_specs
 from fusion.graph.sites import find_sites
@@ -53,7 +53,7 @@ def _words(report):
 
 @pytest.fixture(scope="module")
 def engine():
-    return MNNEngine(timeout=120)
+    return MnnEngine(timeout=120)
 
 
 def _digest(path):
@@ -116,7 +116,7 @@ def test_default_epsilon_dropped_by_mnn_is_found_and_explained(engine, tmp_path)
 def test_legacy_per_group_fold_is_caught_at_the_right_site(engine, chain, tmp_path):
     sites = find_sites(onnx.load(chain))
     first = sites[0]
-    w_legacy, _ = legacy.fold_mnn_legacy(first.w, first.b, first.affine, group=first.group)
+    w_legacy, _ = known_wrong_folds.fold_mnn_legacy(first.w, first.b, first.affine, group=first.group)
     broken = tmp_path / "legacy.mnn"
     engine.rewrite(chain, broken, {first.conv_output: (w_legacy, None)}, tmp_path)
     before = _digest(broken)
@@ -167,7 +167,7 @@ def test_a_hanging_converter_times_out_as_a_finding(tmp_path):
     converter.chmod(converter.stat().st_mode | stat.S_IEXEC)
     model = tmp_path / "m.onnx"
     onnx.save(build(demo_specs()[0]), model)
-    report = check(model, MNNEngine(str(converter), timeout=1.0))
+    report = check(model, MnnEngine(str(converter), timeout=1.0))
     assert report.failures[0]["kind"] == "timeout" and not report.passed
     assert "MNN hung while converting" in report.explanations[0]
 
@@ -247,10 +247,10 @@ def test_check_makes_no_network_access(tmp_path):
 
 
 def test_mnn_tools_telemetry_module_is_never_imported(tmp_path):
-    code = ("import sys, onnx; from fusion.check import check; from fusion.engines.mnn import MNNEngine; "
+    code = ("import sys, onnx; from fusion.check import check; from fusion.engines.mnn import MnnEngine; "
             "from fusion.graph.build import build; from fusion.graph.demo import demo_specs; "
             f"onnx.save(build(demo_specs()[0]), r'{tmp_path / 'm.onnx'}'); "
-            f"check(r'{tmp_path / 'm.onnx'}', MNNEngine()); "
+            f"check(r'{tmp_path / 'm.onnx'}', MnnEngine()); "
             "print(sorted(m for m in sys.modules if m.startswith('MNN')))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
@@ -265,6 +265,6 @@ def test_unmappable_parameters_with_a_right_output_are_a_note(tmp_path):
     spec = SiteSpec("Conv", (1, 8, 1, 1), 4, 4, (1, 1), {}, False, "none", 3, "grouped_conv_as_depthwise_sum")
     path = tmp_path / "m.onnx"
     onnx.save(build(spec), path)
-    (site,) = check(path, MNNEngine()).sites
+    (site,) = check(path, MnnEngine()).sites
     assert site.status == "pass", site.explanations
     assert any(n.startswith("fused parameters not judged: no conv op named after") for n in site.notes)

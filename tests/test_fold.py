@@ -6,7 +6,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 import fusion
-from fusion import legacy
+from fusion import known_wrong_folds
 from fusion.affine import batch_norm_affine, scale_affine
 from fusion.bounds import site_bound
 from fusion.compare import compare
@@ -73,7 +73,7 @@ def test_legacy_mnn_fold_is_caught_exactly_where_its_index_map_differs(data):
     params = _bn_params(rng, _channels(config))
     affine = batch_norm_affine(**params)
     w_correct, b_correct = fold_affine(w, b, affine, group=group, transposed=True)
-    w_legacy, b_legacy = legacy.fold_mnn_legacy(w, b, affine, group=group)
+    w_legacy, b_legacy = known_wrong_folds.fold_mnn_legacy(w, b, affine, group=group)
     np.testing.assert_array_equal(b_legacy, b_correct)
     expected = fusion.batch_norm(fusion.conv_transpose(x.astype(np.float64), w.astype(np.float64), b, **attributes),
                                  **params)
@@ -117,7 +117,7 @@ def test_pytorch_transpose_reshape_never_passes_on_grouped_layers(data):
     config = data.draw(conv_configs(transposed=True))
     assume(config["attributes"]["group"] > 1)
     rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
-    _pytorch_fold_never_passes(config, rng, legacy.fold_pytorch_transpose)
+    _pytorch_fold_never_passes(config, rng, known_wrong_folds.fold_pytorch_transpose)
 
 
 @pytest.mark.parametrize("planted", ["raises_otherwise", "correct_fold"])

@@ -13,16 +13,16 @@ from fusion.graph.sites import find_sites
 
 def test_non_finite_engine_parameters_are_a_finding_not_an_error():
     """An engine may hand back NaN/Inf parameters (MNN 3.6.1 does, for some sweep configurations)."""
-    from fusion.check import judge_params, reference
-    from fusion.engines.base import EngineParams, TailOp
+    from fusion.check import judge_params, expectation
+    from fusion.engines.base import EngineParams, KeptOp
 
     spec = demo_specs()[0]
     (site,) = find_sites(build(spec))
     x = np.random.default_rng(0).standard_normal(spec.input_shape).astype(np.float32)
-    ref = reference(site, x)
+    ref = expectation(site, x)
     channels = ref.b_folded.shape[0]
     bias = np.full(channels, np.nan, np.float32)
-    params = EngineParams(w=site.w, b=bias, tail=[TailOp("Scale", "s", np.ones(channels), np.zeros(channels))])
+    params = EngineParams(w=site.w, b=bias, kept=[KeptOp("Scale", "s", np.ones(channels), np.zeros(channels))])
     check_result, explanations, notes, codes = judge_params(site, ref, params)
     assert not check_result.passed
     assert explanations[0].startswith("NaN/Inf in the fused parameters")

@@ -5,7 +5,7 @@ import onnx
 import pytest
 
 from chain import chain_model, conv_chain_model
-from fusion.engines.mnn import MNNEngine
+from fusion.engines.mnn import MnnEngine
 from fusion.engines.mnn_file import op_names, read_exact, tensor_names
 from fusion.engines.mnn_json import TEXT_RESOLUTION
 
@@ -14,7 +14,7 @@ pytestmark = pytest.mark.mnn
 
 @pytest.mark.parametrize("make", [chain_model, conv_chain_model])
 def test_the_reader_agrees_with_the_json_dump_and_is_exact(make, tmp_path):
-    engine = MNNEngine()
+    engine = MnnEngine()
     path = tmp_path / "m.onnx"
     onnx.save(make(), path)
     prepared = engine.prepare(path, tmp_path)

@@ -222,7 +222,7 @@ def test_conv_kernel_choice(monkeypatch, channels_per_group, positions, threads,
 
 
 def _lifted_plan(plan_function, geo):
-    """``plan_function`` (``phases.plan`` or ``polyphase.split_plan``) of ``geo`` lifted to 3 spatial axes."""
+    """``plan_function`` (``conv_transpose_phases.plan`` or ``conv_polyphase.split_plan``) of ``geo`` lifted to 3 spatial axes."""
     import fusion.ops as ops_module
 
     return ops_module._lifted_plan(plan_function, geo, *ops_module._lifted_geometry(geo))
@@ -251,7 +251,7 @@ def test_polyphase_conv_edges(monkeypatch, shape, kernel, c_out_g, attributes, t
     splits each task's output channels into parts (``TASKS_PER_THREAD``)."""
     import fusion.ops as ops_module
     from fusion import attrs
-    from fusion.kernels.polyphase import split_plan
+    from fusion.kernels.conv_polyphase import split_plan
     from fusion.kernels.tiles import BAND, KC
 
     rng = np.random.default_rng(len(shape) * 11 + threads_hint)
@@ -286,7 +286,7 @@ def test_phase_kernel_input_padding_modes(group, c_out_g, length):
     """The phase kernel pads a group's input per task or once for all (``PAD_PER_TASK_BYTES``); both must agree
     with the reference, with asymmetric pads and a bias, on batch 2; the long cases add phases of more than one
     ``BLOCK``."""
-    from fusion.kernels.phases import BLOCK, PAD_PER_TASK_BYTES
+    from fusion.kernels.conv_transpose_phases import BLOCK, PAD_PER_TASK_BYTES
 
     c_in = 8
     rng = np.random.default_rng(group * 100 + length)
@@ -316,7 +316,8 @@ def test_phase_kernel_blocks(shape, kernel, attributes, blocks, dtype):
     of several rows and pieces of one row; row phases with one row fewer than the other (odd output heights),
     tasks of two output channels and of one (3 per group), passes of ``BLOCK`` within a block, a batch of 2."""
     from fusion import attrs
-    from fusion.kernels.phases import BLOCK, _block_size, most_counts, plan
+    from fusion.kernels.conv_transpose_phases import BLOCK, _block_size, plan
+    from fusion.kernels.shared import most_counts
 
     rng = np.random.default_rng(len(shape))
     x = rng.standard_normal(shape).astype(dtype)
@@ -354,7 +355,7 @@ def test_tiled_kernel_edges(shape, c_out_g, attributes, dtype):
     import fusion.ops as ops_module
     from fusion import attrs
     from fusion.kernels.microkernel import MR
-    from fusion.kernels.phases import plan
+    from fusion.kernels.conv_transpose_phases import plan
     from fusion.kernels.tiles import BAND, KC
 
     rng = np.random.default_rng(len(shape) * 7 + c_out_g)

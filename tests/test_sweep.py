@@ -56,7 +56,7 @@ def test_planted_legacy_fold_is_found_shrunk_and_grouped(tmp_path):
 
 
 def test_planted_rank_bias_drop_and_crash_are_separate_groups(tmp_path):
-    report = sweep.run(tmp_path, PlantedEngine("drop_bias_rank", rank=1), budget=50, seed=4, tails=("bn", "scale"),
+    report = sweep.run(tmp_path, PlantedEngine("drop_bias_rank", rank=1), budget=50, seed=4, tails=("bn", "mul_add"),
                        workers=1)
     assert report["groups"]
     for group in report["groups"]:

@@ -220,11 +220,11 @@ def test_the_report_keeps_names_whole_on_narrow_terminals_and_in_logs(tmp_path):
 @pytest.mark.mnn
 def test_mnn_folds_a_broadcast_add_per_channel(tmp_path):
     """MNN 3.6.1 folds an Add of a [C] constant into the ConvTranspose bias though ONNX broadcasts it along W."""
-    from fusion.engines.mnn import MNNEngine
+    from fusion.engines.mnn import MnnEngine
 
     path = tmp_path / "broadcast.onnx"
     onnx.save(broadcast_add_model(), path)
-    report = check(path, MNNEngine())
+    report = check(path, MnnEngine())
     assert not report.passed
     assert (report.first_wrong.tensor, report.first_wrong.node) == ("y", "add_w")
     assert any("broadcasts along axis 3 of the 4-D conv output, not along its channels; the converter folded it "
@@ -235,9 +235,9 @@ def test_mnn_folds_a_broadcast_add_per_channel(tmp_path):
 @pytest.mark.mnn
 @pytest.mark.skipif(not (REAL / "twinlitenet.onnx").is_file(), reason="needs ../shared/real-models")
 def test_twinlitenet_as_mnn_converts_it_passes_with_the_legitimate_differences_named():
-    from fusion.engines.mnn import MNNEngine
+    from fusion.engines.mnn import MnnEngine
 
-    report = check(REAL / "twinlitenet.onnx", MNNEngine())
+    report = check(REAL / "twinlitenet.onnx", MnnEngine())
     assert report.passed, [(s.label, s.explanations) for s in report.sites if s.status != "pass"]
     assert len(report.sites) == 58 and report.whole_model.passed
     held = {site.held for site in report.sites}
@@ -247,9 +247,9 @@ def test_twinlitenet_as_mnn_converts_it_passes_with_the_legitimate_differences_n
 @pytest.mark.mnn
 @pytest.mark.skipif(not (REAL / "ppocrv3_det.onnx").is_file(), reason="needs ../shared/real-models")
 def test_the_fully_dynamic_ocr_model_is_judged_with_input_shape():
-    from fusion.engines.mnn import MNNEngine
+    from fusion.engines.mnn import MnnEngine
 
-    report = check(REAL / "ppocrv3_det.onnx", MNNEngine(), shapes={"x": (1, 3, 96, 128)})
+    report = check(REAL / "ppocrv3_det.onnx", MnnEngine(), shapes={"x": (1, 3, 96, 128)})
     assert report.passed, [(s.label, s.explanations) for s in report.sites if s.status != "pass"]
     assert report.input_shapes == {"x": (1, 3, 96, 128)} and len(report.sites) == 74
     # the Constant-fed ConvTranspose -> Add -> BatchNormalization chain is one site, folded whole

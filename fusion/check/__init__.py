@@ -5,10 +5,10 @@ site out and converts it alone (``sites``). ``verdicts`` holds what they find, `
 ``tolerance`` which error model an output is within.
 """
 
-from fusion.check.explain import BIAS_MISSING, LEGACY, Code, judge_params, reference
+from fusion.check.explain import BIAS_MISSING, LEGACY, Code, judge_params, expectation
 from fusion.check.sites import check_sites, judge_site
 from fusion.check.verdicts import FirstWrong, ModelReport, SiteVerdict, TensorCheck, WholeModel
 from fusion.check.whole import check
 
 __all__ = ["BIAS_MISSING", "LEGACY", "Code", "FirstWrong", "ModelReport", "SiteVerdict", "TensorCheck", "WholeModel",
-           "check", "check_sites", "judge_params", "judge_site", "reference"]
+           "check", "check_sites", "judge_params", "judge_site", "expectation"]

@@ -13,7 +13,7 @@ from enum import Enum
 
 import numpy as np
 
-from fusion import legacy
+from fusion import known_wrong_folds
 from fusion.affine import batch_norm_affine
 from fusion.bounds import exact_site, fold_bounds, fold_flush_allowance
 from fusion.compare import Comparison, compare
@@ -70,7 +70,7 @@ def failure_code(kind: str) -> Code:
 
 
 @dataclass
-class Reference:
+class SiteExpectation:
     """What the site must compute on ``x``, in float64, and the parameters a correct fold gives."""
 
     x: np.ndarray
@@ -83,13 +83,13 @@ class Reference:
     b_bound: np.ndarray
     relu: bool = False  # expected is taken after a Relu the engine fused
 
-    def after_relu(self) -> "Reference":
+    def after_relu(self) -> "SiteExpectation":
         """The same reference taken after a Relu (1-Lipschitz: the bound still holds)."""
-        return Reference(self.x, np.maximum(self.expected, 0.0), self.conv, self.bound, self.w_folded, self.b_folded,
+        return SiteExpectation(self.x, np.maximum(self.expected, 0.0), self.conv, self.bound, self.w_folded, self.b_folded,
                          self.w_bound, self.b_bound, relu=True)
 
 
-def reference(site: Site, x: np.ndarray) -> Reference:
+def expectation(site: Site, x: np.ndarray) -> SiteExpectation:
     conv = site.convolve(x, site.w, site.b)
     expected, bound = exact_site(x, site.w, site.b, site.affine, transposed=site.transposed, convolution=conv,
                                  **site.attributes)
@@ -100,7 +100,7 @@ def reference(site: Site, x: np.ndarray) -> Reference:
         w_f, b_f = fold_affine(site.w.astype(np.float64), site.b, site.affine, group=site.group,
                                transposed=site.transposed)
     w_bound, b_bound = fold_bounds(site.w, site.b, site.affine, group=site.group, transposed=site.transposed)
-    return Reference(x, expected, conv, bound, w_f, b_f, w_bound, b_bound)
+    return SiteExpectation(x, expected, conv, bound, w_f, b_f, w_bound, b_bound)
 
 
 def _epsilon_zero_fold(site: Site) -> tuple[np.ndarray, np.ndarray] | None:
@@ -117,10 +117,10 @@ def _epsilon_zero_fold(site: Site) -> tuple[np.ndarray, np.ndarray] | None:
 def _legacy_weights(site: Site) -> np.ndarray | None:
     if not (site.transposed and site.affine is not None and site.group > 1):
         return None
-    return legacy.fold_mnn_legacy(site.w.astype(np.float64), site.b, site.affine, group=site.group)[0]
+    return known_wrong_folds.fold_mnn_legacy(site.w.astype(np.float64), site.b, site.affine, group=site.group)[0]
 
 
-def explain_output(site: Site, ref: Reference, actual: np.ndarray, result: Comparison,
+def explain_output(site: Site, ref: SiteExpectation, actual: np.ndarray, result: Comparison,
                    bound: np.ndarray | None = None) -> tuple[list[str], list[Code]]:
     """Sentences and codes for a wrong site output; ``bound``: the tolerance that was applied (default the
     reference's exact bound)."""
@@ -158,20 +158,20 @@ def _output_channel_of(site: Site) -> np.ndarray:
     return np.broadcast_to(np.arange(site.c_out).reshape(shape), view.shape).reshape(site.w.shape)
 
 
-def judge_params(site: Site, ref: Reference, params: EngineParams
+def judge_params(site: Site, ref: SiteExpectation, params: EngineParams
                  ) -> tuple[ParamCheck, list[str], list[str], list[Code]]:
     """Compare the engine's effective ``(w, b)`` with the reference fold; return the check, explanations, notes
     and codes. A weight that is a float32 subnormal before or after the fold may be flushed to zero: that is
     allowed, and said."""
     notes = list(params.notes)
-    kept = [f"{op.kind} '{op.name}'" for op in params.tail]
+    kept = [f"{op.kind} '{op.name}'" for op in params.kept]
     if kept:
         notes.append(f"not folded: the converter kept {', '.join(kept)} after the conv (judged as composed)")
     w_eff, b_eff = params.effective(group=site.group, transposed=site.transposed)
     w_read, b_read = params.read_error(group=site.group, transposed=site.transposed)
     w_bound = ref.w_bound + w_read
     b_bound = ref.b_bound + (b_read if b_eff is not None else 0)
-    resolutions = [params.resolution] + [op.resolution for op in params.tail]
+    resolutions = [params.resolution] + [op.resolution for op in params.kept]
     if max(resolutions):
         notes.append(f"some parameters were read from a text dump: compared to within its print resolution "
                      f"{max(resolutions):.1e}")

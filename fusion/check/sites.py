@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 import onnx
 
-from fusion.check.explain import (Code, Reference, explain_output, failure_code, judge_params, reference,
+from fusion.check.explain import (Code, SiteExpectation, explain_output, failure_code, judge_params, expectation,
                                   unrepeatable)
 from fusion.check.tolerance import EXACT, judge_output
 from fusion.check.verdicts import ModelReport, SiteVerdict
@@ -41,7 +41,7 @@ def add_failure(verdict: SiteVerdict, failure: EngineFailure, prefix: str = "") 
     verdict.codes.append(failure_code(failure.kind).value)
 
 
-def judge_output_into(verdict: SiteVerdict, site: Site, ref: Reference, actual: np.ndarray) -> bool:
+def judge_output_into(verdict: SiteVerdict, site: Site, ref: SiteExpectation, actual: np.ndarray) -> bool:
     """Judge ``actual`` on the ladder, record it in ``verdict`` (explained when wrong); True when it passed."""
     judgement = judge_output(site, ref, actual)
     verdict.output, verdict.held = judgement.comparison, judgement.held
@@ -55,7 +55,7 @@ def judge_output_into(verdict: SiteVerdict, site: Site, ref: Reference, actual: 
     return judgement.passed
 
 
-def judge_params_into(verdict: SiteVerdict, site: Site, ref: Reference, engine: Engine, prepared) -> None:
+def judge_params_into(verdict: SiteVerdict, site: Site, ref: SiteExpectation, engine: Engine, prepared) -> None:
     """Read the site's fused parameters from the converted model and judge them into ``verdict``."""
     try:
         params = engine.site_params(prepared, site)
@@ -81,7 +81,7 @@ def judge_site(site: Site, x: np.ndarray, engine: Engine, prepare: Callable[[int
     The site is converted and run ``runs`` times on the same input: an output that changes from run to run is
     reported as such, and judged by its worst run, rather than passing or failing by chance."""
     verdict = blank_verdict(site)
-    ref = reference(site, x)
+    ref = expectation(site, x)
     try:
         prepared = prepare(1)
     except EngineFailure as failure:

@@ -22,7 +22,7 @@ from fusion.bounds import flush_allowance, has_subnormals, tail_terms
 from fusion.compare import Comparison, compare
 from fusion.fold import output_channel_view
 from fusion.graph.sites import Site, site_geometry
-from fusion.check.explain import Reference
+from fusion.check.explain import SiteExpectation
 
 EXACT = "exact"
 FLUSHED = "subnormals flushed to zero"
@@ -56,7 +56,7 @@ def _winograd_bounds(site: Site, x: np.ndarray):
         yield transform.name, winograd.bound(transform, term, constant, site.c_in // site.group, roundings)
 
 
-def judge_output(site: Site, ref: Reference, actual: np.ndarray) -> Judgement:
+def judge_output(site: Site, ref: SiteExpectation, actual: np.ndarray) -> Judgement:
     """Climb the ladder until one error model holds for every element of ``actual``."""
     exact = compare(actual, ref.expected, bound=ref.bound)
     if exact.passed or exact.shape_actual != exact.shape_expected or exact.nan_count or exact.inf_count:

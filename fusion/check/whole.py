@@ -31,7 +31,7 @@ import onnx
 
 from fusion.affine import ChannelAffine
 from fusion.bounds import site_bound
-from fusion.check.explain import Code, reference, unrepeatable
+from fusion.check.explain import Code, expectation, unrepeatable
 from fusion.check.sites import (RELU_FUSED, blank_verdict, judge_output_into, judge_params_into,
                                 judge_site, shape_help)
 from fusion.check.verdicts import FirstWrong, ModelReport, SiteVerdict, TensorCheck, WholeModel
@@ -263,7 +263,7 @@ class WholeModelJudge:
             verdict.notes.append(f"the converted model has no tensor {site.output_name!r}: the converter merged the "
                                  "site with what follows; it is judged through the tensors after it")
         if x is None:  # the converter merged the site with what comes before it
-            ref = reference(site, self.oracle[site.input_name])
+            ref = expectation(site, self.oracle[site.input_name])
             if read_from is not None:
                 verdict.notes.append(f"the converted model has no tensor {site.input_name!r} (the site's input): "
                                      "judged as one stage with what computes it")
@@ -273,7 +273,7 @@ class WholeModelJudge:
                     verdict.explanations.append(f"wrong on its stage's inputs: {stage.summary()}")
                     verdict.codes.append(Code.WRONG_VALUES.value)
         else:
-            ref = reference(site, np.asarray(x, np.float32))
+            ref = expectation(site, np.asarray(x, np.float32))
             if read_from is not None:
                 if read_from != site.output_name:
                     ref = ref.after_relu()

@@ -37,8 +37,9 @@ class EngineFailure(Exception):
 
 
 @dataclass
-class TailOp:
-    """A per-channel affine op the engine kept after the convolution instead of folding it:
+class KeptOp:
+    """A per-channel affine op the engine kept after the convolution instead of folding it (Scale, BatchNorm,
+    BinaryOp: whatever the engine calls it, ``kind``):
     ``y = x * mul + add`` (each ``(C,)`` float64), read to within ``resolution``."""
 
     kind: str
@@ -53,29 +54,29 @@ class EngineParams:
     """What the engine holds for one site, in the ONNX layout of the site's op.
 
     ``w``/``b`` are the conv op's weights and bias (``b`` is ``None`` when the engine keeps the bias elsewhere);
-    ``tail`` lists affine ops left after the conv, in order. ``ops`` names the engine ops read.
+    ``kept`` lists the affine ops the engine left after the conv, in order. ``ops`` names the engine ops read.
     ``resolution`` is the absolute precision of the values as read (0: exact float32; a text dump that prints
     six decimals: 5e-7).
     """
 
     w: np.ndarray | None
     b: np.ndarray | None
-    tail: list[TailOp] = field(default_factory=list)
+    kept: list[KeptOp] = field(default_factory=list)
     ops: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     resolution: float = 0.0
 
     def effective(self, *, group: int, transposed: bool) -> tuple[np.ndarray, np.ndarray | None]:
-        """``(w, b)`` of the one convolution equal to the conv op followed by the kept tail ops, in float64.
+        """``(w, b)`` of the one convolution equal to the conv op followed by the kept ops, in float64.
 
-        Tail ops compose as ``mul = m1*m2*...``, ``add = (a1*m2 + a2)*m3 + ...``, then fold like a BN.
+        Kept ops compose as ``mul = m1*m2*...``, ``add = (a1*m2 + a2)*m3 + ...``, then fold like a BN.
         """
         w = np.asarray(self.w, np.float64)
-        if not self.tail:
+        if not self.kept:
             return w, None if self.b is None else np.asarray(self.b, np.float64)
-        channels = self.tail[0].mul.shape[0]
+        channels = self.kept[0].mul.shape[0]
         mul, add = np.ones(channels), np.zeros(channels)
-        for op in self.tail:
+        for op in self.kept:
             mul, add = mul * op.mul, add * op.mul + op.add
         # the engine's values are judged, not validated: NaN or Inf must flow through to the comparison
         view, shape = output_channel_view(w, group, transposed)
@@ -90,16 +91,16 @@ class EngineParams:
         """
         w = np.abs(np.asarray(self.w, np.float64))
         b = np.zeros(0) if self.b is None else np.abs(np.asarray(self.b, np.float64))
-        channels = self.tail[0].mul.shape[0] if self.tail else (b.shape[0] if b.size else 0)
+        channels = self.kept[0].mul.shape[0] if self.kept else (b.shape[0] if b.size else 0)
         nominal_mul, high_mul = np.ones(channels), np.ones(channels)
         nominal_add, high_add = np.zeros(channels), np.zeros(channels)
-        for op in self.tail:
+        for op in self.kept:
             m = np.abs(op.mul)
             nominal_mul, high_mul = nominal_mul * m, high_mul * (m + op.resolution)
             nominal_add = nominal_add * m + np.abs(op.add)
             high_add = high_add * (m + op.resolution) + np.abs(op.add) + op.resolution
         r = self.resolution
-        if not self.tail:
+        if not self.kept:
             return np.full(w.shape, r), np.full(b.shape, r)
         view, shape = output_channel_view(w + r, group, transposed)
         w_high = (view * high_mul.reshape(shape)).reshape(w.shape)

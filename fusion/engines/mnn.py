@@ -32,7 +32,7 @@ class MnnModel:
     dumped: MnnGraph | None = None
 
 
-class MNNEngine:
+class MnnEngine:
     """MNN on CPU. ``converter``: path of an ``MNNConvert`` binary to use instead of the wheel's ``_tools``."""
 
     name = "MNN"

@@ -16,7 +16,7 @@ import re
 
 import numpy as np
 
-from fusion.engines.base import EngineFailure, EngineParams, TailOp
+from fusion.engines.base import EngineFailure, EngineParams, KeptOp
 
 # MNN's JSON dump prints floats with six fixed decimals: a value read back is within half of 1e-6 (plus the
 # float32 rounding of the parsed text). Weights stored externally (--saveExternalData) are read exactly.
@@ -107,7 +107,7 @@ class MnnGraph:
             return np.full(channels, values[0])
         return values if values.size == channels else None
 
-    def _tail_op(self, op: dict, current: int, channels: int) -> TailOp | None:
+    def _tail_op(self, op: dict, current: int, channels: int) -> KeptOp | None:
         main, kind, name = op.get("main") or {}, op.get("type"), op.get("name", "")
         if kind == "Scale":
             external = self._external(main)
@@ -118,13 +118,13 @@ class MnnGraph:
                 resolution = self._resolution(op)
             if add.size == 0:
                 add = np.zeros(mul.size)
-            return TailOp("Scale", name, mul.astype(np.float64), add.astype(np.float64), resolution) \
+            return KeptOp("Scale", name, mul.astype(np.float64), add.astype(np.float64), resolution) \
                 if mul.size == channels == add.size else None
         if kind == "BatchNorm":
             slope, mean = self._floats(op, "slopeData"), self._floats(op, "meanData")
             var, bias = self._floats(op, "varData"), self._floats(op, "biasData")
             mul = slope / np.sqrt(var + float(main.get("epsilon", 0.001)))
-            return TailOp("BatchNorm", name, mul, bias - mean * mul, self._resolution(op) * 8)
+            return KeptOp("BatchNorm", name, mul, bias - mean * mul, self._resolution(op) * 8)
         if kind == "BinaryOp" and main.get("opType") in ("MUL", "ADD", "SUB"):
             inputs = op.get("inputIndexes") or []
             others = [i for i in inputs if i != current]
@@ -133,10 +133,10 @@ class MnnGraph:
                 return None
             ones, zeros = np.ones(channels), np.zeros(channels)
             mul, add = {"MUL": (vector, zeros), "ADD": (ones, vector), "SUB": (ones, -vector)}[main["opType"]]
-            return TailOp(f"BinaryOp {main['opType']}", name, mul, add, self._resolution(self.producer[others[0]]))
+            return KeptOp(f"BinaryOp {main['opType']}", name, mul, add, self._resolution(self.producer[others[0]]))
         return None
 
-    def tail_after(self, start: int, output_name: str, channels: int) -> list[TailOp]:
+    def tail_after(self, start: int, output_name: str, channels: int) -> list[KeptOp]:
         """Affine ops between tensor ``start`` and the site's output tensor that the converter did not fold."""
         tail, current = [], start
         while self.tensors[current] != output_name:
@@ -167,8 +167,8 @@ class MnnGraph:
                                 f"the fused bias has {b.size} values for {site.c_out} output channels")
         if any(op["main"]["common"].get("relu") or op["main"]["common"].get("relu6") for _, _, op in entries):
             notes.append(f"{engine} also fused a following ReLU/ReLU6 into the conv op")
-        tail = self.tail_after(self._output_of(found_as, entries), site.output_name, site.c_out)
-        return EngineParams(w=w, b=b, tail=tail, ops=[op["name"] for _, _, op in entries] + [t.name for t in tail],
+        kept = self.tail_after(self._output_of(found_as, entries), site.output_name, site.c_out)
+        return EngineParams(w=w, b=b, kept=kept, ops=[op["name"] for _, _, op in entries] + [t.name for t in kept],
                             notes=notes, resolution=resolution)
 
     def _assemble(self, entries, site, engine: str):

@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from fusion.engines.base import EngineFailure, EngineParams, TailOp
+from fusion.engines.base import EngineFailure, EngineParams, KeptOp
 from fusion.engines.isolate import python_child, run_step
 from fusion.errors import FusionInputError
 from fusion.graph.sites import find_sites
@@ -74,10 +74,10 @@ def onnx_site_params(path: Path, site, engine: str) -> EngineParams:
         if candidate.op != site.op or candidate.output_name != site.output_name:
             continue
         b = np.zeros(candidate.c_out, candidate.w.dtype) if candidate.b is None else candidate.b
-        tail = [] if candidate.affine is None else [
-            TailOp(candidate.tail, " + ".join(n.name for n in candidate.tail_nodes), candidate.affine.mul,
+        kept = [] if candidate.affine is None else [
+            KeptOp(candidate.tail, " + ".join(n.name for n in candidate.tail_nodes), candidate.affine.mul,
                    candidate.affine.shift)]
-        return EngineParams(w=candidate.w, b=b, tail=tail, ops=[candidate.label])
+        return EngineParams(w=candidate.w, b=b, kept=kept, ops=[candidate.label])
     raise EngineFailure(engine, "reading fused parameters", "missing",
                         f"no {site.op} (with or without a kept tail) writes {site.output_name!r} in the converted "
                         "model")

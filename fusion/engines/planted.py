@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fusion import legacy, ops
+from fusion import known_wrong_folds, ops
 from fusion.engines.base import EngineParams
 from fusion.engines.isolate import run_step
 from fusion.fold import fold_affine
@@ -66,7 +66,7 @@ class PlantedEngine:
         if site.affine is None:
             w, b = site.w, np.zeros(site.c_out, site.w.dtype) if site.b is None else site.b
         elif self.defect == "legacy_fold" and site.transposed:
-            w, b = legacy.fold_mnn_legacy(site.w, site.b, site.affine, group=site.group)
+            w, b = known_wrong_folds.fold_mnn_legacy(site.w, site.b, site.affine, group=site.group)
         else:
             w, b = fold_affine(site.w, site.b, site.affine, group=site.group, transposed=site.transposed)
         if self.defect == "drop_bias_rank" and site.rank == self.rank:

@@ -53,7 +53,7 @@ class SiteSpec:
     """A generated single-site model: one Conv/ConvTranspose with an optional tail, random parameters.
 
     ``attributes`` uses ONNX names (strides, pads, dilations, output_padding, output_shape, auto_pad);
-    ``tail`` is one of none, bn, scale (Mul then Add), mul, add.
+    ``tail`` is one of none, bn, mul_add (Mul then Add), mul, add.
     """
 
     op: str
@@ -124,11 +124,11 @@ def build(spec: SiteSpec) -> onnx.ModelProto:
         epsilon = {} if spec.bn_epsilon is None else {"epsilon": spec.bn_epsilon}
         nodes.append(helper.make_node("BatchNormalization", [conv_output, "bn_scale", "bn_bias", "bn_mean", "bn_var"],
                                       ["y"], name="bn", **epsilon))
-    elif spec.tail in ("scale", "mul"):
+    elif spec.tail in ("mul_add", "mul"):
         constants["mul_scale"] = _signed(rng, 0.5, 2.0, spec.c_out).reshape(channel)
         mul_output = "y" if spec.tail == "mul" else "mul_out"
         nodes.append(helper.make_node("Mul", [conv_output, "mul_scale"], [mul_output], name="mul"))
-        if spec.tail == "scale":
+        if spec.tail == "mul_add":
             constants["add_bias"] = rng.standard_normal(spec.c_out).reshape(channel)
             nodes.append(helper.make_node("Add", [mul_output, "add_bias"], ["y"], name="add"))
     elif spec.tail == "add":

@@ -18,14 +18,14 @@ def demo_specs() -> list[SiteSpec]:
     T, C = "ConvTranspose", "Conv"
     return [
         SiteSpec(T, (1, 16, 8, 8), 16, 4, (4, 4), P2, True, "bn", 1, "deconv2d_g4_bn"),
-        SiteSpec(T, (1, 16, 8, 8), 16, 4, (4, 4), P2, True, "scale", 2, "deconv2d_g4_mul_add"),
+        SiteSpec(T, (1, 16, 8, 8), 16, 4, (4, 4), P2, True, "mul_add", 2, "deconv2d_g4_mul_add"),
         SiteSpec(T, (1, 16, 8, 8), 16, 1, (4, 4), P2, True, "bn", 3, "deconv2d_g1_bn"),
         SiteSpec(T, (1, 16, 8, 8), 16, 4, (4, 4), P2, True, "bn", 14, "deconv2d_g4_bn_default_epsilon",
                  bn_epsilon=None),
         SiteSpec(T, (1, 8, 16), 12, 2, (3,), P1, True, "bn", 4, "deconv1d_g2_bn"),
         SiteSpec(T, (1, 8, 4, 4, 4), 8, 4, (3, 3, 3), P3, True, "bn", 5, "deconv3d_g4_bn"),
         SiteSpec(T, (1, 8, 4, 4, 4), 8, 1, (3, 3, 3), P3, True, "bn", 6, "deconv3d_g1_bn"),
-        SiteSpec(T, (1, 8, 4, 4, 4), 8, 2, (3, 3, 3), P3, False, "scale", 7, "deconv3d_g2_mul_add_nobias"),
+        SiteSpec(T, (1, 8, 4, 4, 4), 8, 2, (3, 3, 3), P3, False, "mul_add", 7, "deconv3d_g2_mul_add_nobias"),
         SiteSpec(T, (1, 8, 8, 8), 8, 8, (3, 3), P2, True, "bn", 8, "deconv2d_depthwise_bn"),
         SiteSpec(T, (1, 12, 8, 8), 8, 4, (3, 3), P2, False, "bn", 9, "deconv2d_g4_12to8_nobias_bn"),
         SiteSpec(T, (1, 8, 8, 8), 12, 4, (3, 3), P2, True, "none", 10, "deconv2d_g4_bare"),

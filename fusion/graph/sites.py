@@ -17,7 +17,7 @@ from fusion.errors import FusionInputError
 from fusion.graph.model import Graph
 from fusion.graph.nodes import CONV_OPS, batch_norm_keywords, conv_keywords, node_label
 
-TAILS = ("none", "bn", "scale", "mul", "add")
+TAILS = ("none", "bn", "mul_add", "mul", "add")
 
 
 @dataclass
@@ -65,7 +65,7 @@ class Site:
 
     def convolve(self, x, w, b) -> np.ndarray:
         """This site's Conv/ConvTranspose of ``x`` with weights ``w`` and bias ``b`` (None: no bias), in float64."""
-        return ops.convolve_float64(x, w, b, transposed=self.transposed, **self.attributes)
+        return ops.fast_kernels_in_float64(x, w, b, transposed=self.transposed, **self.attributes)
 
     @property
     def label(self) -> str:
@@ -80,7 +80,7 @@ class Site:
             parts.append("s" + "x".join(str(s) for s in strides))
         if self.b is None:
             parts.append("no-bias")
-        names = {"none": "", "bn": "BatchNormalization", "scale": "Mul+Add", "mul": "Mul", "add": "Add"}
+        names = {"none": "", "bn": "BatchNormalization", "mul_add": "Mul + Add", "mul": "Mul", "add": "Add"}
         tail = " + ".join(names[kind] for kind in self.tail.split("+") if names[kind])
         return " ".join(parts) + (f" + {tail}" if tail else "")
 
@@ -134,7 +134,7 @@ def _tail(graph: Graph, conv_output: str, channels: int, rank: int):
         shift = None if after is None or after.op_type != "Add" else \
             _channel_constant(graph, after, node.output[0], channels, rank)
         if shift is not None:
-            return "scale", [node, after], ChannelAffine(scale, np.zeros(channels), shift), after.output[0]
+            return "mul_add", [node, after], ChannelAffine(scale, np.zeros(channels), shift), after.output[0]
         return "mul", [node], ChannelAffine(scale, np.zeros(channels), np.zeros(channels)), node.output[0]
     if node.op_type == "Add":
         shift = _channel_constant(graph, node, conv_output, channels, rank)

@@ -3,7 +3,7 @@
 Each parallel task owns one output plane ``y[n, oc]`` and writes nothing else, so no two threads ever add
 into the same element. Layouts: ``w: (c_out, c_in/group, kd, kh, kw)``; ``x: (n, c_in, d, h, w)``,
 ``y: (n, c_out, od, oh, ow)``. It runs depthwise layers; Conv with more input channels per group runs on
-``fusion.kernels.polyphase`` (from 256, on im2col + GEMM), ConvTranspose on ``fusion.kernels.phases``,
+``fusion.kernels.conv_polyphase`` (from 256, on im2col + GEMM), ConvTranspose on ``fusion.kernels.conv_transpose_phases``,
 ``fusion.kernels.tiles`` and ``fusion.kernels.col2im``.
 """
 

@@ -1,9 +1,9 @@
 """Register-tiled GEMMs on an input laid out flat: ConvTranspose per output phase, and Conv, on 3 spatial axes.
 
-ConvTranspose's decomposition is ``fusion.kernels.phases``' (read its docstring): output phase ``r`` is
+ConvTranspose's decomposition is ``fusion.kernels.conv_transpose_phases``' (read its docstring): output phase ``r`` is
 ``y_r[oc, m] = sum over (ci, tap of r) w[ci, j, tap] * xp[ci, m_flat + shift(tap)]`` on the zero-padded input
 ``xp`` (``pad_input``), with ``m_flat`` in the padded row pitches. Conv is the same sum with one phase on the
-polyphase split of its input (``fusion.kernels.polyphase``). Read as a GEMM with ``k = (ci, tap)``: ``A[j, k]`` is the
+polyphase split of its input (``fusion.kernels.conv_polyphase``). Read as a GEMM with ``k = (ci, tap)``: ``A[j, k]`` is the
 weight, read in place in blocks of up to ``MR`` output channels; ``B[k, m] = xp[ci, m + shift]`` is a row of the
 laid-out input at an offset, never copied; ``C`` is a task's accumulator. ``fusion.kernels.microkernel.tile``
 computes (block) x ``NR`` of ``C`` in registers. Against ``phases``, each loaded input vector feeds up to ``MR``
@@ -11,7 +11,7 @@ output channels instead of two; against GEMM + col2im (or im2col + GEMM) there i
 
 A task owns the outputs of one (batch, group, depth phase, depth, band of rows or piece of a long row), for the
 ``strides[1] * strides[2]`` phases of the depth phase, which it stores output row after output row
-(``fusion.kernels.phases.store_phases``): every output channel of the group, or one part of them when there are too
+(``fusion.kernels.shared.store_phases``): every output channel of the group, or one part of them when there are too
 few tasks for the threads. No two tasks write the same element.
 """
 
@@ -22,7 +22,7 @@ from numba import njit, prange
 
 from fusion.kernels.config import PARALLEL, SERIAL
 from fusion.kernels.microkernel import MR, VECTOR_BYTES, tile, tile_width
-from fusion.kernels.phases import block_extent, most_counts, pad_channels, store_phases
+from fusion.kernels.shared import block_extent, most_counts, pad_channels, store_phases
 
 # k per pass over a band of C. With 256-bit vectors a B panel of KC x NR (float32: 8 KiB) stays in L1 while every
 # block of output channels reads it (measured against 64, 96, 192, 256 and 512 on the 256->128 k4 decoder and its
@@ -64,7 +64,7 @@ def spared_buffer(channels, length, like):
 
 @njit(**PARALLEL)
 def pad_input(x, padded_shape, padded_offset):
-    """Every channel of ``x: (n, c_in, d, h, w)`` zero-padded (``fusion.kernels.phases.pad_channels``), flat, one
+    """Every channel of ``x: (n, c_in, d, h, w)`` zero-padded (``fusion.kernels.shared.pad_channels``), flat, one
     after another, in a ``spared_buffer``."""
     n_batch, c_in = x.shape[0], x.shape[1]
     xp = spared_buffer(n_batch * c_in, padded_shape[0] * padded_shape[1] * padded_shape[2], x)
@@ -81,7 +81,7 @@ def tiled_gemms(b, channel_length, pitch_h, pitch_w, w, w_strides, group, c_in_g
     ``r``, where ``C = A B`` over the (``ci``, tap ``t`` of phase ``r``) pairs ``k``:
     ``A[j, k] = w[g*w_strides[0] + ci*w_strides[1] + j*w_strides[2] + tap_index[t]]``, the flat weights read in
     place, and ``B[k, m_flat] = b[(n*c_in + g*c_in/group + ci) * channel_length + tap_shift[t] + m_flat]``, the input
-    laid out flat, channel after channel (``pad_input``, ``fusion.kernels.polyphase.split_input``), with row pitches
+    laid out flat, channel after channel (``pad_input``, ``fusion.kernels.conv_polyphase.split_input``), with row pitches
     ``pitch_h, pitch_w``. ``y: (n, c_out, od, oh, ow)``; ``threads``: Numba's thread count (read by the caller:
     reading it in compiled code keeps Numba from caching it). Called from Python, not from another kernel, so that it
     is compiled once rather than once into each caller."""

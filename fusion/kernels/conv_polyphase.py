@@ -18,7 +18,7 @@ from numba import njit, prange
 
 from fusion.kernels.config import PARALLEL, SERIAL, uintp
 from fusion.kernels.conv import valid_range
-from fusion.kernels.phases import read_only_table
+from fusion.kernels.shared import read_only_table
 from fusion.kernels.tiles import spared_buffer
 
 

@@ -23,6 +23,7 @@ import numpy as np
 from numba import njit, prange
 
 from fusion.kernels.config import PARALLEL, SERIAL, uintp
+from fusion.kernels.shared import block_extent, most_counts, pad_channels, read_only_table, store_phases
 
 # Accumulator entries multiplied-and-added per pass over the (input channel, tap) pairs: 32 KiB of float32, an L1's
 # worth. Interleaved A/B in one process on the Zen 4 VM, against 2048: depthwise 0.94-0.975x, small 0.99x; 1024 took
@@ -72,13 +73,6 @@ def _axis_phases(kernel, stride, dilation, pad, in_size, out_size):
     return phases
 
 
-def read_only_table(rows, width=None) -> np.ndarray:
-    """``rows`` as an int64 array (``width`` columns if given) that cannot be written: a cached plan's table."""
-    array = np.array(rows, np.int64).reshape(-1, width) if width else np.array(rows, np.int64)
-    array.flags.writeable = False
-    return array
-
-
 @lru_cache(maxsize=256)
 def plan(input_shape, kernel_shape, strides, dilations, pads_begin, output_shape) -> PhasePlan:
     """Phase tables for a ConvTranspose lifted to 3 spatial axes (all arguments are 3-tuples of ints).
@@ -112,22 +106,6 @@ def plan(input_shape, kernel_shape, strides, dilations, pads_begin, output_shape
     return PhasePlan(tuple(padded_shape), tuple(padded_offset), read_only_table(origin, 3),
                      read_only_table(counts, 3), read_only_table(start), read_only_table(index),
                      read_only_table(shift))
-
-
-@njit(**SERIAL)
-def pad_channels(x_channels, padded_shape, padded_offset, out):
-    """``out[c]`` = ``x_channels[c]: (d, h, w)`` placed at ``padded_offset`` in zeros of ``padded_shape``, flattened."""
-    pd, ph, pw = padded_shape
-    od, oh, ow = padded_offset
-    in_d, in_h, in_w = x_channels.shape[1], x_channels.shape[2], x_channels.shape[3]
-    out[...] = 0
-    for c in range(x_channels.shape[0]):
-        for i_d in range(in_d):
-            for i_h in range(in_h):
-                row = out[c, ((i_d + od) * ph + i_h + oh) * pw + ow:]
-                source = x_channels[c, i_d, i_h]
-                for i_w in range(in_w):
-                    row[uintp(i_w)] = source[uintp(i_w)]
 
 
 @njit(inline="always", **SERIAL)
@@ -238,80 +216,10 @@ def _add_pairs_two(acc_a, acc_b, count, start, xp_n, w, j, first_channel, taps_p
 
 
 @njit(inline="always", **SERIAL)
-def block_extent(counts, p, first, size):
-    """(depths, rows, columns) of phase ``p`` (``counts[p]`` its whole extent) inside the block that starts at
-    ``first = (d0, h0, w0)`` and spans at most ``size``."""
-    return (max(0, min(first[0] + size[0], counts[p, 0]) - first[0]),
-            max(0, min(first[1] + size[1], counts[p, 1]) - first[1]),
-            max(0, min(first[2] + size[2], counts[p, 2]) - first[2]))
-
-
-@njit(**SERIAL)
-def store_phases(acc, counts, first, size, origin, strides, pitch_h, pitch_w, scale, shift, out):
-    """``out[s_d*m_d + o_d, s_h*m_h + o_h + rh, s_w*m_w + rw] = acc[rh*s_w + rw, m_flat] * scale + shift`` for the
-    phases (``rh``, ``rw``) of one depth phase held in ``acc`` (``acc.shape[0] // s_w`` row phases of ``s_w`` phases
-    each; ``counts[rh*s_w + rw]`` their extents, ``origin = (o_d, o_h, 0)`` the first one's) within the block of
-    ``block_extent(counts, p, first, size)``: ``m = first + (i_d, i_h, i_w)``, ``m_flat = i_d*pitch_h + i_h*pitch_w +
-    i_w``.
-
-    Output row after output row: storing one row phase's rows, then the next one's, took 1.18-1.26x the time on a
-    depthwise layer whose output is not in cache (writing every other row defeats the prefetchers). One call per
-    block, not per row: a call per output row cost more than the row's stores. Indices rather than a view per row
-    (0.96-0.98x on the 3-D layer, whose rows are 16 wide)."""
-    sd, sh, sw = strides
-    row_phases = acc.shape[0] // sw
-    two, step, base = uintp(2), uintp(sw), uintp(sw * first[2])
-    # a phase's columns depend on its phase along the row only, its rows on its row phase only
-    depths, rows, columns = block_extent(counts, 0, first, size)
-    both = block_extent(counts, 1, first, size)[2] if sw == 2 else 0
-    for rh in range(1, row_phases):
-        rows = max(rows, block_extent(counts, rh * sw, first, size)[1])
-    for i_d in range(depths):
-        o_d = sd * (first[0] + i_d) + origin[0]
-        for i_h in range(rows):
-            h = first[1] + i_h
-            at = uintp(i_d * pitch_h + i_h * pitch_w)
-            for rh in range(row_phases):
-                p = rh * sw
-                if h >= counts[p, 1]:
-                    continue
-                o_h = sh * h + origin[1] + rh
-                if sw == 2:
-                    # both phases in one loop: a pair of interleaved stores, which LLVM vectorizes (a lone stride-2
-                    # store it does not)
-                    for m in range(both):
-                        u = uintp(m)
-                        out[o_d, o_h, base + two * u] = acc[p, at + u] * scale + shift
-                        out[o_d, o_h, base + two * u + uintp(1)] = acc[p + 1, at + u] * scale + shift
-                    for m in range(both, columns):
-                        u = uintp(m)
-                        out[o_d, o_h, base + two * u] = acc[p, at + u] * scale + shift
-                elif sw == 1:
-                    for m in range(columns):
-                        u = uintp(m)
-                        out[o_d, o_h, base + u] = acc[p, at + u] * scale + shift
-                else:
-                    for rw in range(sw):
-                        for m in range(block_extent(counts, rw, first, size)[2]):
-                            u = uintp(m)
-                            out[o_d, o_h, base + step * u + uintp(rw)] = acc[p + rw, at + u] * scale + shift
-
-
-@njit(inline="always", **SERIAL)
 def _even_split(length, most):
     """The size of each of the fewest even parts of ``length`` that are at most ``most`` long (at least 1)."""
     parts = max(1, -(-length // max(1, most)))
     return max(1, -(-length // parts))
-
-
-@njit(**SERIAL)
-def most_counts(phase_counts):
-    """The most depths, rows and columns of any phase."""
-    most_d, most_h, most_w = 0, 0, 0
-    for r in range(phase_counts.shape[0]):
-        most_d, most_h = max(most_d, phase_counts[r, 0]), max(most_h, phase_counts[r, 1])
-        most_w = max(most_w, phase_counts[r, 2])
-    return most_d, most_h, most_w
 
 
 @njit(**SERIAL)
