@@ -41,17 +41,11 @@ LAYERS = {  # op: [(label, x shape, channels per group, kernel, strides, pads)]
         *[(f"3-D 64 ch k3 s2, {c} per group", (1, 64, 24, 24, 24), c, (3, 3, 3), [2] * 3, [1] * 6)
           for c in (1, 4, 8, 16, 64)]],
 }
-# Per op, the thresholds that force each path: ConvTranspose (CONV_TRANSPOSE_TILES_MIN_CHANNELS,
-# CONV_TRANSPOSE_GEMM_MIN_CHANNELS, TILES_MIN_POSITIONS), Conv (CONV_TILES_MIN_CHANNELS, CONV_GEMM_MIN_CHANNELS,
-# TILES_MIN_POSITIONS).
-NEVER = 10**9
+# Per op, each path's column name and the kernel that ``ops._forced_kernel`` makes run
 PATHS = {
-    "ConvTranspose": {"phases": (NEVER, NEVER, NEVER), "tiles": (1, NEVER, NEVER), "GEMM": (1, 1, NEVER)},
-    "Conv": {"direct": (NEVER, NEVER, NEVER), "tiles": (1, NEVER, NEVER), "GEMM": (1, 1, NEVER)},
+    "ConvTranspose": {"phases": "direct", "tiles": "tiles", "GEMM": "gemm"},
+    "Conv": {"direct": "direct", "tiles": "tiles", "GEMM": "gemm"},
 }
-THRESHOLDS = {"ConvTranspose": ("CONV_TRANSPOSE_TILES_MIN_CHANNELS", "CONV_TRANSPOSE_GEMM_MIN_CHANNELS",
-                                "TILES_MIN_POSITIONS"),
-              "Conv": ("CONV_TILES_MIN_CHANNELS", "CONV_GEMM_MIN_CHANNELS", "TILES_MIN_POSITIONS")}
 
 
 def main() -> int:
@@ -83,12 +77,12 @@ def table(op: str, repetitions: int, thread_counts: list[int]) -> None:
                 samples = {name: [] for name in paths}
                 for repetition in range(repetitions + 1):
                     for name in (list(paths) if repetition % 2 else list(paths)[::-1]):  # alternate the order
-                        for threshold, value in zip(THRESHOLDS[op], paths[name]):
-                            setattr(ops, threshold, value)
-                        start = time.perf_counter()
-                        function(x, w, **attributes)
+                        with ops._forced_kernel(op, paths[name]):
+                            start = time.perf_counter()
+                            function(x, w, **attributes)
+                            elapsed = time.perf_counter() - start
                         if repetition:  # the first round compiles and warms up
-                            samples[name].append(time.perf_counter() - start)
+                            samples[name].append(elapsed)
                 cells = [f"{1e3 * np.median(s):.2f} ({1e3 * min(s):.2f}-{1e3 * max(s):.2f})" for s in samples.values()]
                 fastest = min(np.median(s) for s in samples.values())
                 ratios = [f"{np.median(s) / fastest:.2f}" for s in samples.values()]

@@ -41,7 +41,7 @@ from fusion.graph.sites import find_sites
 
 
 # Thread pools that spin-wait after their work steal the cores from whichever path runs next in an interleaved run
-# (measured: the phase kernel at 2 threads took 2x longer right after an OpenBLAS GEMM). Both settings are read when
+# (benchmarks/NOTES.md, "Spinning pools"). Both settings are read when
 # the pools' runtimes load, before any benchmark code runs, so the benchmark entry points re-run themselves with them.
 QUIET_POOLS = {"OMP_WAIT_POLICY": "PASSIVE", "OPENBLAS_THREAD_TIMEOUT": "4"}
 # At most this many times the requested rounds, for a shape whose rounds are fast (``run``).
@@ -258,8 +258,7 @@ def run(*, quick: bool = False, threads_list=(1, 2), repetitions: int | None = N
         finally:
             if mnn:
                 mnn.close()
-    # measured again after the run: on the 2-core VM, 2 of 4 runs measured 115 GFLOP/s at 2 threads before the run
-    # instead of 206-221 (a core taken by another tenant at that moment)
+    # measured again after the run: another tenant can hold a core at either moment (benchmarks/NOTES.md)
     measured = {t: (before, measure_peak(t)) for t, before in peaks.items()}
     peaks = {t: max(both) for t, both in measured.items()}
     return {"environment": environment(), "repetitions": repetitions, "min_seconds": min_seconds, "quick": quick,
@@ -271,8 +270,7 @@ def run(*, quick: bool = False, threads_list=(1, 2), repetitions: int | None = N
 def _alone(shape: Shape, threads: int, flops: float, paths: dict, rows: dict, rounds: int, order) -> list:
     """fusion's ConvTranspose paths again, interleaved among themselves only (engine ``ALONE``): what fusing costs
     fusion. Interleaved with the other engines, a path's time also depends on whose data the one before it left in
-    the caches (fusion's 3-D layer: 1.2 ms among its own paths, 1.5-1.6 ms among MNN's and onnxruntime's), and the
-    medians of such two-mode times differed by up to 20% between paths that do the same work."""
+    the caches, which makes its times two-mode (benchmarks/NOTES.md, "Benchmark peak")."""
     own = [name for name in paths if name[0] == "fusion" and name[1] in ALONE_PATHS and rows[name].error is None]
     alone = {name: PathResult(shape.name, ALONE, name[1], threads, flops=flops) for name in own}
     _interleave({name: paths[name] for name in own}, alone, rounds if len(own) > 1 else 0, order)

@@ -6,8 +6,10 @@ weights and bias are cast to it (as an engine evaluating the model in that preci
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import sys
 
 import numba
 import numpy as np
@@ -23,37 +25,51 @@ from fusion.kernels.conv_polyphase import split_input, split_plan
 from fusion.kernels.tiles import pad_input, tiled_gemms
 
 DTYPES = (np.float32, np.float64)
-# ConvTranspose has three kernels; which is fastest depends on the input channels per group (measured:
-# python benchmarks/crossover.py). With few, the phase kernel (one vectorized multiply-add per input channel and
-# tap, two output channels at a time); from CONV_TRANSPOSE_TILES_MIN_CHANNELS, the register-tiled phase GEMM
-# (up to six output channels at a time); from CONV_TRANSPOSE_GEMM_MIN_CHANNELS, BLAS's GEMM despite its col2im pass,
-# but only where the layer has fewer than TILES_MIN_POSITIONS positions per output phase.
+# Which kernel runs is decided by the input channels per group and the positions per output phase; each switch point
+# is measured (python benchmarks/crossover.py; the figures: benchmarks/NOTES.md, "Kernel switch points").
+# ConvTranspose: the phase kernel below CONV_TRANSPOSE_TILES_MIN_CHANNELS, then the register-tiled phase GEMM, and
+# BLAS's GEMM + col2im from CONV_TRANSPOSE_GEMM_MIN_CHANNELS on layers of fewer than TILES_MIN_POSITIONS positions
+# (the tiled kernels read all their weights once per band of positions, BLAS blocks them).
 CONV_TRANSPOSE_TILES_MIN_CHANNELS = 8
 CONV_TRANSPOSE_GEMM_MIN_CHANNELS = 256
-# Conv has three kernels too (python benchmarks/crossover.py --ops Conv): the direct kernel for depthwise layers
-# (measured 0.8-1.0x the tiled GEMM's time on k3 layers, the common depthwise ones; 1.2-1.4x on k4 s2); from
-# CONV_TILES_MIN_CHANNELS input channels per group the tiled GEMM on the polyphase split of the input (0.17-0.92x
-# im2col + GEMM's time from 2 to 256 per group); from CONV_GEMM_MIN_CHANNELS, im2col + BLAS's GEMM where the layer
-# has fewer than TILES_MIN_POSITIONS output positions.
+# Conv: the direct kernel for depthwise layers, the tiled GEMM on the polyphase split of the input from
+# CONV_TILES_MIN_CHANNELS, im2col + BLAS's GEMM from CONV_GEMM_MIN_CHANNELS on layers of few positions.
 CONV_TILES_MIN_CHANNELS = 2
 CONV_GEMM_MIN_CHANNELS = 256
-# The tiled kernels read all their weights once per band of positions, BLAS's GEMM blocks them: with many weights
-# per position BLAS wins. Measured with 512-bit tiles at 256-1024 input channels per group: on 8^2 and 16^2 positions
-# BLAS took 0.4-0.92x the tiled kernels' time; on 32^2, 0.97-1.2x (the 256->128 k4 decoder: 1.06-1.17x).
 TILES_MIN_POSITIONS = 1024
-# ConvTranspose GEMM on one thread: the GEMM runs in chunks of output channels whose cols (about this many bytes)
-# col2im adds up while they are still in cache, and the cols buffer stays this small whatever the layer (on the
-# 256->128 k4 decoder: 13.16 ms against 12.99 unchunked, 13.35 with 1 MiB chunks).
-# Not with more threads: there, alternating BLAS's and Numba's thread pools once per chunk lets the pool that is
-# spin-waiting take the cores from the one at work (measured in a default environment: 30-140 ms against 12).
+# ConvTranspose GEMM on one thread runs in chunks of output channels whose cols (about this many bytes) col2im adds up
+# while they are still in cache; not on more threads, where alternating BLAS's and Numba's pools once per chunk lets
+# the spin-waiting one take the cores (benchmarks/NOTES.md, "GEMM chunks").
 COLS_CHUNK_BYTES = 2 << 20
-# Numba's OpenMP workers spin-wait for milliseconds after a parallel region unless OMP_WAIT_POLICY=PASSIVE (read once,
-# when the OpenMP runtime loads), and OpenBLAS's workers likewise after a GEMM: in a model, each pool takes the cores
-# from the other's next layer. So with more than one thread and spinning pools, ConvTranspose and Conv stay on Numba's
-# pool: the tiled kernels also where BLAS would take over. Measured at 2 threads, default environment, the suite's
-# layers in a loop on a Zen 3: 256->128 decoder 6.7-6.8 ms on the tiled kernel against 13.2-14.5 on GEMM + col2im, and
-# the grouped decoder after it 1.9 against 2.4-3.2 (with passive pools: 6.9-7.1 and 2.1, GEMM for the first).
+# Numba's OpenMP workers spin-wait after a parallel region unless OMP_WAIT_POLICY=PASSIVE (read once, when the OpenMP
+# runtime loads), and OpenBLAS's workers likewise after a GEMM: in a model, each pool takes the cores from the other's
+# next layer. So with more than one thread and spinning pools, ConvTranspose and Conv stay on Numba's pool: the tiled
+# kernels also where BLAS would take over (benchmarks/NOTES.md, "Spinning pools").
 NUMBA_POOL_SPINS = os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE"
+
+
+_KERNEL_THRESHOLDS = {  # (tiles from, GEMM from, tiles from positions) that make each kernel run
+    "ConvTranspose": ("CONV_TRANSPOSE_TILES_MIN_CHANNELS", "CONV_TRANSPOSE_GEMM_MIN_CHANNELS", "TILES_MIN_POSITIONS"),
+    "Conv": ("CONV_TILES_MIN_CHANNELS", "CONV_GEMM_MIN_CHANNELS", "TILES_MIN_POSITIONS"),
+}
+_NEVER = 10**9
+_FORCING = {"direct": (_NEVER, _NEVER, _NEVER), "tiles": (1, _NEVER, _NEVER), "gemm": (1, 1, _NEVER)}
+
+
+@contextlib.contextmanager
+def _forced_kernel(op: str, kernel: str):
+    """Within the block, every ``op`` call (``"ConvTranspose"`` or ``"Conv"``) runs on ``kernel``: ``direct`` (the
+    phase kernel of ConvTranspose, the direct kernel of Conv), ``tiles`` or ``gemm``. For tests and benchmarks."""
+    names = _KERNEL_THRESHOLDS[op]
+    module = sys.modules[__name__]
+    saved = [getattr(module, name) for name in names]
+    for name, value in zip(names, _FORCING[kernel]):
+        setattr(module, name, value)
+    try:
+        yield
+    finally:
+        for name, value in zip(names, saved):
+            setattr(module, name, value)
 
 
 def _input(x, node: str) -> np.ndarray:
@@ -129,7 +145,7 @@ def _conv_transpose_gemm(x, w, b, geo: attrs.ConvGeometry, affine: ChannelAffine
     group, c_in_g, c_out_g = geo.group, geo.c_in // geo.group, geo.c_out // geo.group
     taps, positions = math.prod(geo.kernel_shape), math.prod(geo.input_shape)
     # w: (c_in, c_out/group, *k) -> per group (c_out/group * taps, c_in/group). A transposed view: BLAS reads it
-    # as op(A) = A^T at no cost, while copying it contiguous took 2 ms on the 256->128 k4 decoder (a 16% tax).
+    # as op(A) = A^T at no cost, while copying it contiguous costs a sixth of the decoder's time (benchmarks/NOTES.md).
     w_t = w.reshape(group, c_in_g, c_out_g * taps).transpose(0, 2, 1)
     x_g = x.reshape(geo.batch, group, c_in_g, positions)
     y = np.empty((geo.batch, geo.c_out) + geo.output_shape, dtype=x.dtype)

@@ -149,41 +149,31 @@ def test_every_kernel_path_matches_the_reference(transposed, data):
     attributes = config["attributes"]
     exact = _function(reference, transposed)(x, w, b, **attributes)
     bound = site_bound(x, w, b, transposed=transposed, **attributes)
-    names = ("CONV_TRANSPOSE_TILES_MIN_CHANNELS", "CONV_TRANSPOSE_GEMM_MIN_CHANNELS") if transposed else \
-        ("CONV_TILES_MIN_CHANNELS", "CONV_GEMM_MIN_CHANNELS")
-    names += ("TILES_MIN_POSITIONS",)
-    saved = ([getattr(ops_module, name) for name in names], ops_module.COLS_CHUNK_BYTES, ops_module.NUMBA_POOL_SPINS,
-             numba.get_num_threads())
-    # every layer through each kernel (the thresholds that force it); ConvTranspose's GEMM on all threads and on
-    # one, where it runs in chunks of output channels (one channel a chunk here)
+    op = "ConvTranspose" if transposed else "Conv"
+    saved = (ops_module.COLS_CHUNK_BYTES, ops_module.NUMBA_POOL_SPINS, numba.get_num_threads())
+    # every layer through each kernel; ConvTranspose's GEMM on all threads and on one, where it runs in chunks of
+    # output channels (one channel a chunk here)
     threads = numba.config.NUMBA_NUM_THREADS  # all of them: more than one on any machine CI runs on
-    never = 10**9
-    if transposed:
-        paths = [((1, 1, never), threads, False), ((1, never, never), threads, False),
-                 ((never, never, never), threads, False), ((1, 1, never), 1, True)]
-    else:
-        paths = [((1, 1, never), threads, False), ((1, never, never), threads, False),
-                 ((never, never, never), threads, False), ((1, never, never), 1, False)]
+    last = ("gemm", 1, True) if transposed else ("tiles", 1, False)
+    paths = [("gemm", threads, False), ("tiles", threads, False), ("direct", threads, False), last]
     try:
-        for thresholds, count, pool_spins in paths:
-            for name, threshold in zip(names, thresholds):
-                setattr(ops_module, name, threshold)
+        for kernel, count, pool_spins in paths:
             numba.set_num_threads(count)
-            ops_module.COLS_CHUNK_BYTES = 1 if count == 1 else saved[1]
+            ops_module.COLS_CHUNK_BYTES = 1 if count == 1 else saved[0]
             ops_module.NUMBA_POOL_SPINS = pool_spins
-            result = compare(_function(fusion, transposed)(x, w, b, **attributes), exact, bound=bound)
-            assert result.passed, (thresholds, count, pool_spins, result.summary())
-            if transposed:
-                affine = fusion.scale_affine(rng.uniform(-2, 2, exact.shape[1]), rng.standard_normal(exact.shape[1]))
-                fused = fusion.conv_transpose_channel_affine(x, w, b, affine, **attributes)
-                expected = reference.channel_affine(exact, affine, node="test")
-                assert compare(fused, expected, bound=site_bound(x, w, b, affine, transposed=True,
-                                                                 **attributes)).passed
+            with ops_module._forced_kernel(op, kernel):
+                result = compare(_function(fusion, transposed)(x, w, b, **attributes), exact, bound=bound)
+                assert result.passed, (kernel, count, pool_spins, result.summary())
+                if transposed:
+                    affine = fusion.scale_affine(rng.uniform(-2, 2, exact.shape[1]),
+                                                 rng.standard_normal(exact.shape[1]))
+                    fused = fusion.conv_transpose_channel_affine(x, w, b, affine, **attributes)
+                    expected = reference.channel_affine(exact, affine, node="test")
+                    assert compare(fused, expected, bound=site_bound(x, w, b, affine, transposed=True,
+                                                                     **attributes)).passed
     finally:
-        for name, threshold in zip(names, saved[0]):
-            setattr(ops_module, name, threshold)
-        ops_module.COLS_CHUNK_BYTES, ops_module.NUMBA_POOL_SPINS = saved[1], saved[2]
-        numba.set_num_threads(saved[3])
+        ops_module.COLS_CHUNK_BYTES, ops_module.NUMBA_POOL_SPINS = saved[0], saved[1]
+        numba.set_num_threads(saved[2])
 
 
 @pytest.mark.parametrize("channels_per_group, positions, threads, pools_spin, kernel", [
@@ -272,11 +262,10 @@ def test_polyphase_conv_edges(monkeypatch, shape, kernel, c_out_g, attributes, t
     covered = {4: (True, False, True, True, False), 5: (False, True, False, True, False),
                3: (False, False, False, False, True)}
     assert (row_tiles, dropped, bands, pairs > KC, pieces) == covered[len(shape)]
-    monkeypatch.setattr(ops_module, "CONV_TILES_MIN_CHANNELS", 1)
-    monkeypatch.setattr(ops_module, "CONV_GEMM_MIN_CHANNELS", 10**9)
     monkeypatch.setattr(numba, "get_num_threads", lambda: threads_hint)
-    result = compare(fusion.conv(x, w, b, **attributes), reference.conv(x, w, b, **attributes),
-                     bound=site_bound(x, w, b, transposed=False, dtype=dtype, **attributes))
+    with ops_module._forced_kernel("Conv", "tiles"):
+        result = compare(fusion.conv(x, w, b, **attributes), reference.conv(x, w, b, **attributes),
+                         bound=site_bound(x, w, b, transposed=False, dtype=dtype, **attributes))
     assert result.passed, result.summary()
 
 
@@ -378,9 +367,7 @@ def test_tiled_kernel_edges(shape, c_out_g, attributes, dtype):
     covered = {(2, 44): (True, True, True, True, False, False), (1, 80): (False, True, False, True, False, False),
                (1, 9): (row_tiles, False, False, False, True, False), (1, 12): (True, False, True, True, False, True)}
     assert (row_tiles, pairs > KC, bands, uneven_blocks, pieces, row_phases) == covered[shape[:2]]
-    saved = ops_module.CONV_TRANSPOSE_TILES_MIN_CHANNELS, ops_module.CONV_TRANSPOSE_GEMM_MIN_CHANNELS
-    ops_module.CONV_TRANSPOSE_TILES_MIN_CHANNELS, ops_module.CONV_TRANSPOSE_GEMM_MIN_CHANNELS = 1, 10**9
-    try:
+    with ops_module._forced_kernel("ConvTranspose", "tiles"):
         exact = reference.conv_transpose(x, w, b, **attributes)
         result = compare(fusion.conv_transpose(x, w, b, **attributes), exact,
                          bound=site_bound(x, w, b, transposed=True, dtype=dtype, **attributes))
@@ -392,5 +379,3 @@ def test_tiled_kernel_edges(shape, c_out_g, attributes, dtype):
         result = compare(fused, expected, bound=site_bound(x, w, b, affine, transposed=True, dtype=dtype,
                                                            **attributes))
         assert result.passed, result.summary()
-    finally:
-        ops_module.CONV_TRANSPOSE_TILES_MIN_CHANNELS, ops_module.CONV_TRANSPOSE_GEMM_MIN_CHANNELS = saved

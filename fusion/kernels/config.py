@@ -4,9 +4,8 @@
 inside the error bound, but the kernels must stay reproducible run to run so that a sweep can compare them.
 
 Numba wraps negative indices, and that per-element check keeps LLVM from vectorizing an inner loop. The kernels
-compute indices that are never negative (``valid_range`` clips them), so inner loops index with ``uintp(i)``:
-measured 1.7x on the former direct ConvTranspose kernel (depthwise 128 k4 s2 64^2: 7.9 -> 4.7 ms, identical
-results).
+compute indices that are never negative (``valid_range`` clips them), so inner loops index with ``uintp(i)``
+(benchmarks/NOTES.md, "Indexing").
 """
 
 from numpy import uintp  # noqa: F401  (re-exported for the kernels)

@@ -26,12 +26,10 @@ from fusion.kernels.config import PARALLEL, SERIAL, uintp
 from fusion.kernels.shared import block_extent, most_counts, pad_channels, read_only_table, store_phases
 
 # Accumulator entries multiplied-and-added per pass over the (input channel, tap) pairs: 32 KiB of float32, an L1's
-# worth. Interleaved A/B in one process on the Zen 4 VM, against 2048: depthwise 0.94-0.975x, small 0.99x; 1024 took
-# 1.04-1.06x, 4096 to 32768 0.95-0.99x.
+# worth (benchmarks/NOTES.md, "Phase kernel").
 BLOCK = 8192
 # Accumulator entries of a task's block, over all the phases of a depth phase (``_block_size``): summed, then stored
-# row after row. 128 KiB of float32, in L2. Interleaved A/B in one process, against it: 16384 took 0.95-1.02x the
-# time, 65536 0.99-1.02x except on a long 1-D signal (1.08-1.25x).
+# row after row. 128 KiB of float32, in L2.
 STORE_BLOCK = 32768
 # (input channel, tap) pairs added per pass over a block: one load and one store of the accumulator per four
 # products instead of per product.
@@ -112,7 +110,7 @@ def plan(input_shape, kernel_shape, strides, dilations, pads_begin, output_shape
 def _pair(q, first_channel, taps_per_channel, tap_index, tap_shift, start):
     """Pair ``q`` of a phase: input channel ``first_channel + q // taps``, the phase's tap ``q % taps``; returns
     (input channel, flat tap, where the pair reads the channel's padded input: ``start`` + the tap's shift). A
-    shift to index with rather than a view per pass (measured 0.93-1.0x on the suite's phase-kernel layers)."""
+    shift to index with rather than a view per pass."""
     c, t = divmod(q, taps_per_channel)
     return first_channel + c, tap_index[t], uintp(tap_shift[t] + start)
 
@@ -175,8 +173,8 @@ def _add_pairs(acc, count, start, xp_n, w, j, first_channel, taps_per_channel, p
 def _add_pairs_two(acc_a, acc_b, count, start, xp_n, w, j, first_channel, taps_per_channel, pairs, tap_index,
                    tap_shift):
     """``_add_pairs`` for output channels ``j`` (into ``acc_a``) and ``j + 1`` (into ``acc_b``) in one loop, so that
-    every input vector loaded feeds both (measured 1.27x on 64 input channels per group). Two separate functions:
-    one loop that branched on the channel count measured up to 3x slower."""
+    every input vector loaded feeds both. Two separate functions: one loop that branched on the channel count was
+    slower (benchmarks/NOTES.md, "Phase kernel")."""
     if pairs == 0:
         acc_a[:count] = 0
         acc_b[:count] = 0
@@ -271,9 +269,8 @@ def conv_transpose_phases(x, w, scale, shift, group, strides, padded_shape, padd
     caller; the tables and the padded geometry come from ``plan``.
 
     Where a group's input feeds a single task (depthwise), the task pads it into a buffer of its own, which stays
-    in cache (measured 0.72-0.88x on depthwise 128 k4 s2 64^2). Where several tasks read a large group, padding
-    per task repeats the copy (1.15-1.2x on 64 input channels per group), so a first parallel loop pads the input
-    once for all.
+    in cache. Where several tasks read a large group, padding per task would repeat the copy, so a first parallel
+    loop pads the input once for all.
 
     A task sums all the phases of a depth phase over a block (``_block_size``), then stores the block's output rows
     in order (``store_phases``)."""

@@ -12,10 +12,8 @@ registers for the whole ``k`` loop: per ``k``, ``NR/lanes`` vector loads of ``b`
 feed ``rows * NR/lanes`` fused multiply-adds.
 
 Why IR: Numba's loop vectorizer keeps no accumulator in a register across a reduction, and LLVM's SLP
-vectorizer did not vectorize the same tile written with scalars (4 GFLOP/s). This one, 6 rows x 2 vectors of float32,
-all in cache, rows at unaligned offsets, runs on one core at 75 GFLOP/s with 256-bit vectors on a Zen 3 (101-102
-GFLOP/s float32 peak as ``fusion.bench`` measures it), and on a Zen 4 (103-115) at 90-92 with 256-bit vectors and
-112-113 with 512-bit ones.
+vectorizer did not vectorize the same tile written with scalars. How fast this one runs, in each shape and vector
+width: ``python benchmarks/microkernel.py`` (figures: benchmarks/NOTES.md, "Tiled kernel").
 ``llvm.fmuladd`` lets LLVM fuse each multiply-add where the CPU has FMA; the order of the sums is fixed, so a
 result is the same from run to run.
 """
@@ -31,8 +29,7 @@ from numba.extending import intrinsic
 from fusion.kernels.config import SERIAL
 
 # Rows of a full tile, and vectors per row: 6 x 2 keeps 12 accumulators, 2 loaded vectors and 1 broadcast in 16
-# vector registers (python benchmarks/microkernel.py on the development machine, float32 GFLOP/s: 6x2 75, 5x2 73,
-# 4x3 69, 4x2 68, 3x2 58, 2x2 43, 8x1 43).
+# vector registers (the fastest shape: python benchmarks/microkernel.py).
 MR = 6
 VECTORS_PER_ROW = 2
 # The CPU's widest vectors: 64 bytes with AVX-512, 32 with AVX, else 16. Numba's on-disk cache is keyed by the CPU, so

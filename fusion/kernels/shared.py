@@ -50,10 +50,9 @@ def store_phases(acc, counts, first, size, origin, strides, pitch_h, pitch_w, sc
     ``block_extent(counts, p, first, size)``: ``m = first + (i_d, i_h, i_w)``, ``m_flat = i_d*pitch_h + i_h*pitch_w +
     i_w``.
 
-    Output row after output row: storing one row phase's rows, then the next one's, took 1.18-1.26x the time on a
-    depthwise layer whose output is not in cache (writing every other row defeats the prefetchers). One call per
-    block, not per row: a call per output row cost more than the row's stores. Indices rather than a view per row
-    (0.96-0.98x on the 3-D layer, whose rows are 16 wide)."""
+    Output row after output row: storing one row phase's rows, then the next one's, writes every other row and
+    defeats the prefetchers on an output not in cache. One call per block, not per row: a call per output row cost
+    more than the row's stores. Indices rather than a view per row (benchmarks/NOTES.md, "Phase kernel")."""
     sd, sh, sw = strides
     row_phases = acc.shape[0] // sw
     two, step, base = uintp(2), uintp(sw), uintp(sw * first[2])

@@ -25,13 +25,11 @@ from fusion.kernels.microkernel import MR, VECTOR_BYTES, tile, tile_width
 from fusion.kernels.shared import block_extent, most_counts, pad_channels, store_phases
 
 # k per pass over a band of C. With 256-bit vectors a B panel of KC x NR (float32: 8 KiB) stays in L1 while every
-# block of output channels reads it (measured against 64, 96, 192, 256 and 512 on the 256->128 k4 decoder and its
-# group-4 twin: 128 best). With 512-bit vectors, fewer passes over C won: 256 took 0.984-0.995x the time of 128 on
-# both decoders, 32 and 64 took 1.02-1.12x, 512 to 4096 0.98-1.01x (interleaved in one process).
+# block of output channels reads it; with 512-bit vectors, fewer passes over C won (benchmarks/NOTES.md, "Tiled
+# kernel").
 KC = 256 if VECTOR_BYTES == 64 else 128
 # Flat positions (in the padded pitches) a task covers per phase, about: its C, (phases of a depth phase) x (output
-# channels of the group) x BAND, stays in L2 (the 256->128 decoder's: 540 KiB, of the Zen 4's 1 MiB). Interleaved A/B
-# in one process, 128 against 256: 0.98-0.99x the time on the decoder, 1.1x on the 3-D layer.
+# channels of the group) x BAND, stays in L2.
 BAND = 256
 # Parallel tasks wanted per thread: with fewer, the last task of the busiest thread leaves the others idle.
 TASKS_PER_THREAD = 4
@@ -108,7 +106,7 @@ def tiled_gemms(b, channel_length, pitch_h, pitch_w, w, w_strides, group, c_in_g
     depth_phases = phases // plane_phases
     most_d, most_h, most_w = most_counts(phase_counts)
     # as many bands as rows of about BAND positions make, rounded to the nearest: no band of a few leftover rows that
-    # reads every weight again for them (3-D layer: 0.93x)
+    # reads every weight again for them
     bands = max(1, min(most_h, (2 * most_h * pitch_w + BAND) // (2 * BAND)))
     band_rows = (most_h + bands - 1) // bands
     # Rows of 2 * BAND outputs or more (a long 1-D signal) are cut into pieces of about BAND: a task's sums stay in L2,
