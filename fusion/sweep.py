@@ -10,7 +10,6 @@ Every judged configuration is appended to ``judged.jsonl``, so a re-run with the
 from __future__ import annotations
 
 import json
-import re
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, replace
@@ -65,51 +64,14 @@ def random_spec(seed: int, index: int, *, dims=(1, 2, 3), tails=TAILS) -> SiteSp
         return spec
 
 
-CATEGORIES = (  # (phrase in an explanation, the cause it names); first match wins
-    ("crashed (", "crash while {stage}"),
-    (" hung while ", "hang while {stage}"),
-    ("converted model is empty", "empty converted model"),
-    ("holds no weights", "weights lost by the converter"),
-    ("shape differs", "wrong output shape"),
-    ("NaN/garbage", "NaN/Inf output"),
-    ("NaN/Inf in the fused parameters", "NaN/Inf fused parameters"),
-    ("fusion could not judge", "fusion internal error"),
-    ("has no tensor", "site output missing from the converted model"),
-    ("failed while converting", "conversion failed"),
-    ("failed while optimizing", "conversion failed"),
-    ("failed while running", "run failed"),
-    ("per-group misindexing", "{side}legacy per-group fold"),
-    ("folded with epsilon=0", "{side}BN epsilon dropped"),
-    ("bias missing", "{side}bias missing"),
-    ("conv bias dropped", "{side}conv bias dropped"),
-    ("not applied", "{side}tail not applied"),
-    ("weights not scaled", "{side}weights not scaled"),
-    ("bias not folded", "{side}bias not folded"),
-    ("fused weights wrong", "wrong fused weights"),
-    ("fused bias wrong", "wrong fused bias"),
-    ("wrong in channel", "{side}wrong values"),
-    ("off by a constant", "{side}wrong values"),
-    ("scaled by a wrong factor", "{side}wrong values"),
-)
+def signature(codes: list[str], failures: list[dict]) -> tuple[str, ...]:
+    """What "fails the same way" means for grouping and shrinking: the explanation codes of a verdict
+    (``fusion.check.Code``), and for each engine failure its kind and stage (a crash while converting is not one while
+    running). Numbers, channels and names that differ from case to case are not in it."""
+    return tuple(sorted(set(codes) | {f"{f['kind']} while {f['stage']}" for f in failures}))
 
 
-def signature(explanations: list[str]) -> tuple[str, ...]:
-    """The causes an explanation list names, as categories: what "fails the same way" means for grouping and
-    shrinking (the numbers, channels and names that differ from case to case are left out)."""
-    causes = set()
-    for text in explanations:
-        side = "parameters: " if text.startswith("parameters: ") else ""
-        stage = next((s for s in ("converting", "running", "reading") if f"while {s}" in text), "")
-        for phrase, cause in CATEGORIES:
-            if phrase in text:
-                causes.add(cause.format(side=side, stage=stage))
-                break
-        else:
-            causes.add(re.sub(r"[-+]?\d+(\.\d+)?(e[-+]?\d+)?", "#", text))
-    if "parameters: wrong values" in causes:  # per-channel lines on the parameters only ever describe the bias
-        causes.discard("parameters: wrong values")
-        causes.add("wrong fused bias")
-    return tuple(sorted(causes))
+INTERNAL_ERROR = "fusion_internal_error"
 
 
 @dataclass
@@ -134,10 +96,10 @@ def judge(spec: SiteSpec, engine, index: int = -1) -> Outcome:
         report = check_sites(None, engine, model=build(spec), name=spec.name, runs=1)
     except Exception as error:  # one configuration must never end a campaign: record it, and it is ours to fix
         explanations = [f"fusion could not judge this configuration: {type(error).__name__}: {error}"]
-        return Outcome(index, spec.to_dict(), "fail", list(signature(explanations)), explanations, [],
+        return Outcome(index, spec.to_dict(), "fail", [INTERNAL_ERROR], explanations, [],
                        time.perf_counter() - started)
     site = report.sites[0]
-    return Outcome(index, spec.to_dict(), site.status, list(signature(site.explanations)), site.explanations,
+    return Outcome(index, spec.to_dict(), site.status, list(signature(site.codes, site.failures)), site.explanations,
                    site.notes, time.perf_counter() - started)
 
 
@@ -229,7 +191,7 @@ def essentials(spec: SiteSpec) -> list[str]:
 
 def _group_key(outcome: Outcome) -> str:
     spec = outcome.spec
-    return json.dumps([list(signature(outcome.explanations)), spec["op"], len(spec["kernel_shape"])])
+    return json.dumps([outcome.signature, spec["op"], len(spec["kernel_shape"])])
 
 
 def run(out: str | Path, engine, *, budget: int = 200, seed: int = 0, dims=(1, 2, 3), tails=TAILS, workers: int = 2,
@@ -299,7 +261,7 @@ def _report(out: Path, engine, seed: int, budget: int, outcomes: list[Outcome], 
         first = members[0]
         cache_key = f"{seed}:{engine.version()}:{key}"
         if cache_key not in cache:
-            minimal, spent = shrink(SiteSpec.from_dict(first.spec), signature(first.explanations), engine,
+            minimal, spent = shrink(SiteSpec.from_dict(first.spec), tuple(first.signature), engine,
                                     budget=shrink_budget)
             cache[cache_key] = {"spec": minimal.to_dict(), "spent": spent}
             write_atomic(shrunk_cache, json.dumps(cache, indent=1))
@@ -308,7 +270,7 @@ def _report(out: Path, engine, seed: int, budget: int, outcomes: list[Outcome], 
         path = repro / f"group_{number:02d}.onnx"
         write_atomic(path, build(minimal).SerializeToString())
         entries.append({
-            "group": number, "count": len(members), "signature": list(signature(first.explanations)),
+            "group": number, "count": len(members), "signature": first.signature,
             "explanations": first.explanations, "notes": first.notes,
             "op": first.spec["op"], "rank": len(first.spec["kernel_shape"]),
             "tails": sorted({m.spec["tail"] for m in members}),

@@ -1,7 +1,6 @@
 """Build single-node ONNX models and run them in onnxruntime with its graph optimizations off."""
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 

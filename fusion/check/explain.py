@@ -14,12 +14,14 @@ from enum import Enum
 import numpy as np
 
 from fusion import known_wrong_folds
-from fusion.affine import batch_norm_affine
-from fusion.bounds import exact_site, fold_bounds, fold_flush_allowance
+from fusion.affine import ChannelAffine, batch_norm_affine
+from fusion.bounds import exact_site, fold_bounds, fold_flush_allowance, site_bound
 from fusion.compare import Comparison, compare
 from fusion.diagnose import matching, per_channel, scale_sources
 from fusion.engines.base import EngineParams
 from fusion.fold import fold_affine, output_channel_view
+from fusion.graph.model import Graph
+from fusion.graph.nodes import node_label
 from fusion.graph.sites import Site
 from fusion.check.verdicts import ParamCheck
 
@@ -232,6 +234,51 @@ def judge_params(site: Site, ref: SiteExpectation, params: EngineParams
         explanations += found or per_channel(b_eff, ref.b_folded, b_bound, what="fused bias")
         codes += [hypotheses[k][0] for k in found] or [Code.WRONG_BIAS]
     return ParamCheck(weight, bias, passed, kept), explanations, notes, codes
+
+
+def broadcast_as_channel(graph: Graph, site: Site, name: str, x: np.ndarray, actual: np.ndarray) -> str | None:
+    """Whether ``actual`` (the engine's value of tensor ``name``) is the site's conv of ``x`` followed by the chain of
+    Mul/Add constants up to ``name`` applied per output channel, where ONNX broadcasts one of them along another axis
+    (``[C]`` on NCHW runs along W): the fold a converter must not make. The sentence that says so, or None."""
+    chain, current = [], site.output_name
+    while current != name:
+        consumer = graph.only_consumer(current)
+        if consumer is None or consumer.op_type not in ("Mul", "Add", "Sub"):
+            return None
+        others = [i for i in consumer.input if i != current]
+        constant = graph.constant(others[0]) if len(others) == 1 else None
+        if constant is None or constant.size not in (1, site.c_out):
+            return None
+        chain.append((consumer, constant))
+        current = consumer.output[0]
+    misread = [(n, c) for n, c in chain if c.size == site.c_out and c.size > 1
+               and not (c.ndim >= 3 and c.shape[-(site.rank + 1)] == site.c_out)]
+    if not misread:
+        return None
+    affine = site.affine
+    for consumer, constant in chain:
+        vector = np.broadcast_to(constant.reshape(-1).astype(np.float64), (site.c_out,)).copy()
+        ones, zeros = np.ones(site.c_out), np.zeros(site.c_out)
+        step = {"Mul": ChannelAffine(vector, zeros, zeros), "Add": ChannelAffine(ones, zeros, vector),
+                "Sub": ChannelAffine(ones, zeros, -vector)}[consumer.op_type]
+        affine = step if affine is None else affine.then(step)
+    conv = site.convolve(x, site.w, site.b)
+    vector = (1, -1) + (1,) * site.rank
+    predicted = conv * affine.mul.reshape(vector) + affine.shift.reshape(vector)
+    bound = site_bound(x, site.w, site.b, affine, transposed=site.transposed, **site.attributes)
+    if actual.shape != predicted.shape or not compare(actual, predicted, bound=bound).passed:
+        return None
+    node, constant = misread[0]
+    axis = node_axis(constant, site.rank)
+    return (f"{node.op_type} {node_label(node)!r} has a constant of shape {list(constant.shape)}, which ONNX "
+            f"broadcasts along axis {axis} of the {site.rank + 2}-D conv output, not along its channels; the "
+            f"converter folded it into {site.op} {node_label(site.conv)!r} as one value per output channel")
+
+
+def node_axis(constant: np.ndarray, rank: int) -> int:
+    """The output axis that a constant's longest axis broadcasts along (numpy alignment from the right)."""
+    longest = int(np.argmax(constant.shape))
+    return rank + 2 - constant.ndim + longest
 
 
 def unrepeatable(first: np.ndarray, again: np.ndarray, run: int, results: tuple[bool, bool],

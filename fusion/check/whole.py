@@ -3,12 +3,9 @@
 1. The whole model is converted once, as its users convert it (or the user's own converted file is taken), and run
    on the same inputs as the unfused oracle (onnxruntime, graph optimizations off). Every tensor the converted model
    still names is read in the same run, asked for when the model is loaded, never marked as an output at conversion.
-2. Each watched tensor is compared with the oracle's within a tolerance taken from the oracle's own sensitivity:
-   the oracle is run again with every weight and input perturbed by a relative ``PERTURBATION``, and a tensor may
-   differ by ``SPREAD_FACTOR`` times what that moved it (at least ``FLOOR`` of its largest value, and at least
-   ``ABSOLUTE_FLOOR``). A tensor that
-   the perturbation moves by more than ``ILL_CONDITIONED`` of its largest value is reported as ill-conditioned,
-   not judged.
+2. Each watched tensor is compared with the oracle's within a tolerance taken from the oracle's own sensitivity
+   (``fusion.check.stages``), twice: in context (the oracle run on the model's inputs), and on its stage's own inputs
+   (the oracle recomputing it from the engine's values of the tensors it reads, ``fusion.graph.local``).
 3. Each site is judged locally: its output in the converted model against the float64 reference computed on the
    converted model's *own* input to that site, on the tolerance ladder (exact, subnormals flushed, fast
    convolution), and its fused parameters against the fold. A site computes right or wrong whatever happened
@@ -29,13 +26,11 @@ from typing import Callable
 import numpy as np
 import onnx
 
-from fusion.affine import ChannelAffine
-from fusion.bounds import site_bound
-from fusion.check.explain import Code, expectation, unrepeatable
+from fusion.check.explain import Code, broadcast_as_channel, expectation, unrepeatable
 from fusion.check.sites import (RELU_FUSED, blank_verdict, judge_output_into, judge_params_into,
                                 judge_site, shape_help)
+from fusion.check.stages import ACTIVATIONS, PERTURBATION, tensor_check
 from fusion.check.verdicts import FirstWrong, ModelReport, SiteVerdict, TensorCheck, WholeModel
-from fusion.compare import compare
 from fusion.diagnose import per_channel
 from fusion.engines.base import Engine, EngineFailure
 from fusion.errors import FusionInputError
@@ -45,44 +40,6 @@ from fusion.graph.model import Graph, load
 from fusion.graph.nodes import node_label
 from fusion.graph.sites import Site, find_sites
 from fusion.oracle import activations, float_tensors, input_shapes, random_feeds, sensitivity
-
-PERTURBATION = 2.0 ** -16  # relative, per weight and input value: far above float32 rounding (2**-24)
-SPREAD_FACTOR = 8.0
-FLOOR = 2.0 ** -14  # of the tensor's largest value
-ABSOLUTE_FLOOR = 2.0 ** -20  # for tensors near zero: a saturated sigmoid computed with an approximate exp
-# elementwise ops a converter fuses into the op before them, so that the tensor between the two holds the result
-ACTIVATIONS = {"Relu", "Clip", "LeakyRelu", "PRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu", "Selu"}
-ILL_CONDITIONED = 2.0 ** -4  # the perturbation moved the tensor by more than this fraction of its largest value
-
-
-def tensor_check(name: str, node: str, oracle: np.ndarray, engine: np.ndarray, spread: float, *,
-                 strict_shape: bool) -> tuple[TensorCheck, np.ndarray]:
-    """Compare one tensor; returns the check and the engine's value in the oracle's shape (when it fits).
-
-    ``strict_shape``: a graph output must have the oracle's shape; an intermediate tensor may be held with extra
-    unit axes (an engine runs a 1-D op as 2-D)."""
-    o64 = oracle.astype(np.float64)
-    finite = np.isfinite(o64)
-    abs_max = float(np.abs(o64[finite]).max(initial=0.0))
-    if engine.shape != oracle.shape:
-        fits = engine.size == oracle.size and tuple(d for d in engine.shape if d != 1) == \
-            tuple(d for d in oracle.shape if d != 1)
-        if strict_shape or not fits:
-            return TensorCheck(name, node, abs_max, float("inf"), 0.0, spread, False,
-                               shape=f"engine {list(engine.shape)}, oracle {list(oracle.shape)}"), engine
-        engine = engine.reshape(oracle.shape)
-    e64 = engine.astype(np.float64)
-    with np.errstate(invalid="ignore", over="ignore"):
-        diff = np.abs(e64 - o64)
-    same = (np.isnan(e64) & np.isnan(o64)) | (e64 == o64)
-    diff = np.where(same, 0.0, np.nan_to_num(diff, nan=np.inf))
-    diff_max = float(diff.max(initial=0.0))
-    tolerance = max(SPREAD_FACTOR * spread, FLOOR * abs_max, ABSOLUTE_FLOOR)
-    ill = spread > ILL_CONDITIONED * abs_max and abs_max > 0
-    worst = [int(i) for i in np.unravel_index(int(np.argmax(diff)), diff.shape)] if diff.size else None
-    return TensorCheck(name, node, abs_max, diff_max, tolerance, spread, ill or diff_max <= tolerance, ill,
-                       worst_index=worst), engine
-
 
 @dataclass
 class Run:
@@ -383,7 +340,7 @@ class WholeModelJudge:
             return FirstWrong(name, node_label(node), None, lines)
         site = inside[0]
         verdict = self.report.sites[site.index]
-        found = self.broadcast_hypothesis(site, name, values)
+        found = broadcast_as_channel(self.graph, site, name, self.site_input(site, values), values[name])
         if found:
             lines.append(found)
             verdict.codes.append(Code.BROADCAST_AS_CHANNEL.value)
@@ -395,51 +352,6 @@ class WholeModelJudge:
         verdict.status = "fail"
         verdict.explanations += lines
         return FirstWrong(name, node_label(node), site.index, lines)
-
-    def broadcast_hypothesis(self, site: Site, name: str, values: dict) -> str | None:
-        """Whether the engine applied, per output channel, a chain of Mul/Add constants after the site's conv that
-        ONNX broadcasts along another axis (``[C]`` on NCHW runs along W): the fold a converter must not make."""
-        chain, current = [], site.output_name
-        while current != name:
-            consumer = self.graph.only_consumer(current)
-            if consumer is None or consumer.op_type not in ("Mul", "Add", "Sub"):
-                return None
-            others = [i for i in consumer.input if i != current]
-            constant = self.graph.constant(others[0]) if len(others) == 1 else None
-            if constant is None or constant.size not in (1, site.c_out):
-                return None
-            chain.append((consumer, constant))
-            current = consumer.output[0]
-        misread = [(n, c) for n, c in chain if c.size == site.c_out and c.size > 1
-                   and not (c.ndim >= 3 and c.shape[-(site.rank + 1)] == site.c_out)]
-        if not misread:
-            return None
-        affine = site.affine
-        for consumer, constant in chain:
-            vector = np.broadcast_to(constant.reshape(-1).astype(np.float64), (site.c_out,)).copy()
-            ones, zeros = np.ones(site.c_out), np.zeros(site.c_out)
-            step = {"Mul": ChannelAffine(vector, zeros, zeros), "Add": ChannelAffine(ones, zeros, vector),
-                    "Sub": ChannelAffine(ones, zeros, -vector)}[consumer.op_type]
-            affine = step if affine is None else affine.then(step)
-        x = self.site_input(site, values)
-        conv = site.convolve(x, site.w, site.b)
-        vector = (1, -1) + (1,) * site.rank
-        predicted = conv * affine.mul.reshape(vector) + affine.shift.reshape(vector)
-        bound = site_bound(x, site.w, site.b, affine, transposed=site.transposed, **site.attributes)
-        actual = values[name]
-        if actual.shape != predicted.shape or not compare(actual, predicted, bound=bound).passed:
-            return None
-        node, constant = misread[0]
-        axis = node_axis(constant, site.rank)
-        return (f"{node.op_type} {node_label(node)!r} has a constant of shape {list(constant.shape)}, which ONNX "
-                f"broadcasts along axis {axis} of the {site.rank + 2}-D conv output, not along its channels; the "
-                f"converter folded it into {site.op} {node_label(site.conv)!r} as one value per output channel")
-
-
-def node_axis(constant: np.ndarray, rank: int) -> int:
-    """The output axis that a constant's longest axis broadcasts along (numpy alignment from the right)."""
-    longest = int(np.argmax(constant.shape))
-    return rank + 2 - constant.ndim + longest
 
 
 def check(model_path, engine: Engine, *, converted=None, seed: int = 0, workdir=None,
