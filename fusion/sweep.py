@@ -22,46 +22,29 @@ import numpy as np
 from fusion.errors import FusionInputError
 from fusion.files import write_atomic
 from fusion.graph.build import SiteSpec, build
+from fusion.graph import space
 from fusion.graph.sites import TAILS
 
 
 def random_spec(seed: int, index: int, *, dims=(1, 2, 3), tails=TAILS) -> SiteSpec:
-    """Configuration ``index`` of campaign ``seed``: the same arguments always give the same configuration."""
+    """Configuration ``index`` of campaign ``seed`` (``fusion.graph.space`` with ``space.SWEEP``, plus a tail, a bias
+    or not, and BN's epsilon): the same arguments always give the same configuration."""
     rng = np.random.default_rng([seed, index])
     while True:
-        op = "ConvTranspose" if rng.random() < 0.8 else "Conv"
-        rank = int(rng.choice(dims))
-        shape_kind = rng.choice(["plain", "grouped", "depthwise"], p=[0.3, 0.45, 0.25])
-        group = 1 if shape_kind == "plain" else int(rng.integers(2, 9 if shape_kind == "depthwise" else 5))
-        c_in_g = 1 if shape_kind == "depthwise" else int(rng.integers(1, 6))
-        c_out_g = 1 if shape_kind == "depthwise" else int(rng.integers(1, 5))
-        spatial = tuple(int(rng.integers(*{1: (3, 13), 2: (2, 9), 3: (2, 6)}[rank])) for _ in range(rank))
-        kernel = tuple(int(rng.integers(1, 5)) for _ in range(rank))
-        strides = [int(rng.integers(1, 4)) for _ in range(rank)]
-        dilations = [int(rng.integers(1, 3)) for _ in range(rank)]
-        attributes = {"strides": strides, "dilations": dilations}
-        mode = rng.choice(["pads", "auto_pad", "output_shape"] if op == "ConvTranspose" else ["pads", "auto_pad"],
-                          p=[0.6, 0.25, 0.15] if op == "ConvTranspose" else [0.75, 0.25])
-        if mode == "pads":
-            attributes["pads"] = [int(rng.integers(0, 3)) for _ in range(2 * rank)]
-        elif mode == "auto_pad":
-            attributes["auto_pad"] = str(rng.choice(["SAME_UPPER", "SAME_LOWER", "VALID"]))
-        if op == "ConvTranspose":
-            if rng.random() < 0.3:
-                attributes["output_padding"] = [int(rng.integers(0, max(s, d))) for s, d in zip(strides, dilations)]
-            if mode == "output_shape":
-                full = [s * (i - 1) + (k - 1) * d + 1 for s, i, k, d in zip(strides, spatial, kernel, dilations)]
-                attributes["output_shape"] = [max(1, f - int(rng.integers(0, 3))) for f in full]
-        tail = str(rng.choice(tails))
-        spec = SiteSpec(op, (int(rng.integers(1, 3)), c_in_g * group) + spatial, c_out_g * group, group, kernel,
-                        attributes, bool(rng.random() < 0.7), tail, int(rng.integers(0, 2**31)),
-                        f"sweep_{seed}_{index}",
-                        bn_epsilon=float(rng.choice([1e-5, 1e-3])) if rng.random() < 0.85 else None)
+        transposed = rng.random() < 0.8
         try:
-            spec.geometry()
+            config = space.draw(space.NumpyChoose(rng), space.SWEEP, transposed=transposed,
+                                rank=int(rng.choice(dims)))
         except FusionInputError:
             continue
-        return spec
+        attributes = dict(config["attributes"])
+        group = attributes.pop("group")
+        w_shape = config["w_shape"]
+        return SiteSpec("ConvTranspose" if transposed else "Conv", config["x_shape"],
+                        w_shape[1] * group if transposed else w_shape[0], group, w_shape[2:], attributes,
+                        bool(rng.random() < 0.7), str(rng.choice(tails)), int(rng.integers(0, 2**31)),
+                        f"sweep_{seed}_{index}",
+                        bn_epsilon=float(rng.choice([1e-5, 1e-3])) if rng.random() < 0.85 else None)
 
 
 def signature(codes: list[str], failures: list[dict]) -> tuple[str, ...]:
