@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from fusion.affine import ChannelAffine
+from fusion.fold import output_channels
 
 
 def fold_mnn_legacy(w, b, affine: ChannelAffine, *, group: int) -> tuple[np.ndarray, np.ndarray]:
@@ -18,7 +19,7 @@ def fold_mnn_legacy(w, b, affine: ChannelAffine, *, group: int) -> tuple[np.ndar
     for ``group > 1`` most elements get the scale of another output channel. The bias was folded right.
     """
     w = np.asarray(w)
-    c_out = w.shape[1] * group
+    c_out = output_channels(w.shape, group=group, transposed=True)
     spatial = w.shape[2:]
     flat = w.astype(np.float64).reshape((w.shape[0] // group, c_out) + spatial)
     w_wrong = (flat * affine.mul.reshape((1, c_out) + (1,) * len(spatial))).reshape(w.shape)

@@ -22,6 +22,7 @@ import numpy as np
 from fusion.errors import FusionInputError
 from fusion.files import write_atomic
 from fusion.graph.build import SiteSpec, build
+from fusion.fold import output_channels
 from fusion.graph import space
 from fusion.graph.sites import TAILS
 
@@ -41,7 +42,7 @@ def random_spec(seed: int, index: int, *, dims=(1, 2, 3), tails=TAILS) -> SiteSp
         group = attributes.pop("group")
         w_shape = config["w_shape"]
         return SiteSpec("ConvTranspose" if transposed else "Conv", config["x_shape"],
-                        w_shape[1] * group if transposed else w_shape[0], group, w_shape[2:], attributes,
+                        output_channels(w_shape, group=group, transposed=transposed), group, w_shape[2:], attributes,
                         bool(rng.random() < 0.7), str(rng.choice(tails)), int(rng.integers(0, 2**31)),
                         f"sweep_{seed}_{index}",
                         bn_epsilon=float(rng.choice([1e-5, 1e-3])) if rng.random() < 0.85 else None)

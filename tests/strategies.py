@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 from fusion import attrs
 from fusion.errors import FusionInputError
+from fusion.fold import output_channels
 from fusion.graph import space
 
 
@@ -47,6 +48,6 @@ def conv_configs(draw, *, transposed, ranks=(1, 2, 3), ort_compatible=False):
 def arrays_for(config, rng, dtype=np.float32):
     x = rng.standard_normal(config["x_shape"]).astype(dtype)
     w = rng.standard_normal(config["w_shape"]).astype(dtype)
-    channels = config["w_shape"][1] * config["attributes"]["group"] if config["transposed"] else config["w_shape"][0]
+    channels = output_channels(config["w_shape"], group=config["attributes"]["group"], transposed=config["transposed"])
     b = rng.standard_normal(channels).astype(dtype) if config["bias"] else None
     return x, w, b

@@ -11,7 +11,7 @@ from fusion.cli import main
 @pytest.mark.mnn
 def test_quick_bench_writes_json_markdown_and_plot(tmp_path, monkeypatch, capsys):
     small = (bench.Shape("tiny g2", 8, 8, 2, 3, 2, 1, (6, 6)), bench.Shape("tiny 3d g2", 4, 4, 2, 3, 2, 1, (3, 3, 3)))
-    monkeypatch.setattr(bench, "SUITE", small)
+    monkeypatch.setattr(bench.harness, "SUITE", small)  # what the command runs
     for name, value in bench.QUIET_POOLS.items():  # as if re-run by the entry point: stay in this process
         monkeypatch.setenv(name, value)
     assert main(["bench", "--quick", "--threads", "1", "--repetitions", "2", "--out", str(tmp_path)]) == 0
@@ -42,8 +42,8 @@ def test_bench_reruns_itself_with_quiet_thread_pools(monkeypatch):
 @pytest.mark.parametrize("min_seconds, rounds", [(0.0, 2), (100.0, 2 * bench.MORE_ROUNDS)])
 def test_fast_shapes_get_more_rounds(monkeypatch, min_seconds, rounds):
     """A shape whose rounds take less than ``min_seconds`` gets more of them, at most ``MORE_ROUNDS`` times as many."""
-    monkeypatch.setattr(bench, "SUITE", (bench.Shape("tiny g2", 8, 8, 2, 3, 2, 1, (6, 6)),))
-    document = bench.run(quick=True, threads_list=(1,), repetitions=2, engines=("fusion",), min_seconds=min_seconds)
+    document = bench.run(quick=True, threads_list=(1,), repetitions=2, engines=("fusion",), min_seconds=min_seconds,
+                         suite=(bench.Shape("tiny g2", 8, 8, 2, 3, 2, 1, (6, 6)),))
     assert {row["repetitions"] for row in document["results"]} == {rounds}
     # fusion's own paths are timed a second time among themselves, and their ratios come from both timings
     assert {row["path"] for row in document["results"] if row["engine"] == bench.ALONE} == set(bench.ALONE_PATHS)

@@ -25,6 +25,7 @@ from fusion import ops, winograd
 from fusion.bounds import TINY
 from fusion.engines.base import EngineFailure, EngineParams
 from fusion.engines.onnxruntime_engine import onnx_site_params
+from fusion.fold import output_channels
 from fusion.graph.fuse import fuse_model
 from fusion.graph.model import Graph
 from fusion.graph.nodes import CONV_OPS, attributes
@@ -111,8 +112,8 @@ def _channel_constants(model: onnx.ModelProto) -> None:
         if producer is None or producer.op_type not in CONV_OPS or len(node.input) != 2:
             continue
         weight = graph.constant(producer.input[1])
-        channels = weight.shape[1] * attributes(producer).get("group", 1) if producer.op_type == "ConvTranspose" \
-            else weight.shape[0]
+        channels = output_channels(weight.shape, group=attributes(producer).get("group", 1),
+                                   transposed=producer.op_type == "ConvTranspose")
         constant = graph.constant(node.input[1])
         if constant is None or constant.size != channels:
             continue

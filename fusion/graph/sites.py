@@ -14,6 +14,7 @@ import onnx
 from fusion import attrs, ops
 from fusion.affine import ChannelAffine, batch_norm_affine
 from fusion.errors import FusionInputError
+from fusion.fold import output_channels
 from fusion.graph.model import Graph
 from fusion.graph.nodes import CONV_OPS, batch_norm_keywords, conv_keywords, node_label
 
@@ -57,7 +58,7 @@ class Site:
 
     @property
     def c_out(self) -> int:
-        return self.w.shape[1] * self.group if self.transposed else self.w.shape[0]
+        return output_channels(self.w.shape, group=self.group, transposed=self.transposed)
 
     @property
     def c_in(self) -> int:
@@ -178,7 +179,7 @@ def find_sites(model: onnx.ModelProto, skipped: list[str] | None = None) -> list
         if group < 1 or w.shape[0] % group:
             raise FusionInputError(f"group {group} does not divide the weight's {w.shape[0]} channels on axis 0",
                                    node=label)
-        channels = w.shape[1] * group if transposed else w.shape[0]
+        channels = output_channels(w.shape, group=group, transposed=transposed, node=label)
         if b is not None and b.shape != (channels,):
             raise FusionInputError(f"bias has shape {b.shape}, expected ({channels},)", node=label)
         kind, tail_nodes, affine, output = _chain(graph, node.output[0], channels, w.ndim - 2)

@@ -12,12 +12,8 @@ and one after the run (both recorded): on a shared VM a core busy elsewhere at o
 from __future__ import annotations
 
 import importlib.metadata
-import io
 import os
 import platform
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -30,159 +26,27 @@ import onnxruntime
 from threadpoolctl import threadpool_limits
 
 from fusion import fold, ops
+from fusion.bench.peak import measure_peak
+from fusion.bench.pools import QUIET_POOLS
+from fusion.bench.suite import SUITE, Shape
 from fusion.engines.base import EngineFailure
-from fusion.engines.isolate import python_child
 from fusion.engines.mnn import MnnEngine
-from fusion.oracle import session
-from fusion.files import write_atomic
+from fusion.engines.mnn_timing import MnnTimer
 from fusion.graph.build import SiteSpec, build
 from fusion.graph.fuse import fuse_model
 from fusion.graph.sites import find_sites
+from fusion.oracle import session
 
 
-# Thread pools that spin-wait after their work steal the cores from whichever path runs next in an interleaved run
-# (benchmarks/NOTES.md, "Spinning pools"). Both settings are read when
-# the pools' runtimes load, before any benchmark code runs, so the benchmark entry points re-run themselves with them.
-QUIET_POOLS = {"OMP_WAIT_POLICY": "PASSIVE", "OPENBLAS_THREAD_TIMEOUT": "4"}
 # At most this many times the requested rounds, for a shape whose rounds are fast (``run``).
 MORE_ROUNDS = 10
+
+
 # fusion's paths timed a second time among themselves only (``_alone``), under this engine name.
 ALONE = "fusion alone"
+
+
 ALONE_PATHS = ("conv_transpose only", "folded", "epilogue")
-
-
-def pools_are_quiet() -> bool:
-    return all(os.environ.get(name) == value for name, value in QUIET_POOLS.items())
-
-
-def rerun_with_quiet_pools(argv: list[str]) -> int:
-    """Run ``python *argv`` again with ``QUIET_POOLS`` in its environment; returns its exit code."""
-    return subprocess.call([sys.executable, *argv], env={**os.environ, **QUIET_POOLS})
-
-
-@dataclass(frozen=True)
-class Shape:
-    name: str
-    c_in: int
-    c_out: int
-    group: int
-    kernel: int
-    stride: int
-    pad: int
-    spatial: tuple[int, ...]
-    output_padding: int = 0
-
-    @property
-    def rank(self) -> int:
-        return len(self.spatial)
-
-    def spec(self, scale: float = 1.0) -> SiteSpec:
-        spatial = tuple(max(2, int(round(s * scale))) for s in self.spatial)
-        attributes = {"strides": [self.stride] * self.rank, "pads": [self.pad] * (2 * self.rank)}
-        if self.output_padding:
-            attributes["output_padding"] = [self.output_padding] * self.rank
-        return SiteSpec("ConvTranspose", (1, self.c_in) + spatial, self.c_out, self.group, (self.kernel,) * self.rank,
-                        attributes, True, "bn", 1, self.name)
-
-    def mirrored(self, spec: SiteSpec) -> SiteSpec:
-        """The Conv that is this ConvTranspose's adjoint: C_out -> C_in on the transposed conv's output grid."""
-        geometry = spec.geometry()
-        attributes = {"strides": [self.stride] * self.rank, "pads": [self.pad] * (2 * self.rank)}
-        return SiteSpec("Conv", (1, self.c_out) + geometry.output_shape, self.c_in, self.group,
-                        (self.kernel,) * self.rank, attributes, True, "none", 2, self.name + " (Conv mirrored)")
-
-    def flops(self, spec: SiteSpec) -> float:
-        """2 * N * C_in * (C_out/group) * taps * input positions: one multiply and one add per product."""
-        return 2.0 * spec.input_shape[0] * self.c_in * (self.c_out // self.group) * self.kernel ** self.rank * \
-            float(np.prod(spec.input_shape[2:]))
-
-
-SUITE = (
-    Shape("decoder 256->128 k4 s2 p1 32^2", 256, 128, 1, 4, 2, 1, (32, 32)),
-    Shape("decoder g4 256->128 k4 s2 p1 32^2", 256, 128, 4, 4, 2, 1, (32, 32)),
-    Shape("depthwise 128 k4 s2 p1 64^2", 128, 128, 128, 4, 2, 1, (64, 64)),
-    Shape("small g4 16->16 k3 s2 p1 op1 56^2", 16, 16, 4, 3, 2, 1, (56, 56), 1),
-    Shape("3d g4 32->32 k3 s2 p1 16^3", 32, 32, 4, 3, 2, 1, (16, 16, 16)),
-)
-
-
-@numba.njit(fastmath=True, cache=True)
-def _fma_chains(rounds, b, c):  # pragma: no cover - jitted
-    # 64 accumulators with a literal trip count: LLVM keeps them in 8 AVX2 registers, 8 independent FMA chains,
-    # enough to cover the FMA latency on both pipes
-    acc = np.ones(64, np.float32)
-    for _ in range(rounds):
-        for i in range(64):
-            acc[i] = acc[i] * b + c
-    return acc.sum()
-
-
-@numba.njit(parallel=True, cache=True)
-def _fma_threads(threads, rounds, b, c):  # pragma: no cover - jitted
-    total = np.zeros(threads, np.float32)
-    for t in numba.prange(threads):
-        total[t] = _fma_chains(rounds, b, c)
-    return total
-
-
-def measure_peak(threads: int) -> float:
-    """float32 FLOP/s of ``threads`` threads each running 8 independent 8-wide FMA chains (best of 3)."""
-    b, c = np.float32(0.999999), np.float32(1e-6)
-    numba.set_num_threads(threads)
-    _fma_threads(threads, 10, b, c)
-    rounds = 3_000_000
-    best = float("inf")
-    for _ in range(3):
-        start = time.perf_counter()
-        _fma_threads(threads, rounds, b, c)
-        best = min(best, time.perf_counter() - start)
-    return 2.0 * 64 * rounds * threads / best
-
-
-class MnnTimer:
-    """The persistent MNN child (``children/mnn_bench.py``). If MNN crashes, the child is restarted and the models
-    loaded so far are loaded again, so that one crashing model costs one path, not the rest of the run."""
-
-    def __init__(self):
-        self.loads: list[str] = []
-        self.process = None
-        self._start()
-
-    def _start(self):
-        self.process = subprocess.Popen(python_child("mnn_bench.py"), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        stderr=subprocess.DEVNULL, text=True, bufsize=1)
-        for line in self.loads:
-            self._send(line)
-
-    def _send(self, line: str) -> str:
-        try:
-            self.process.stdin.write(line + "\n")
-            self.process.stdin.flush()
-            answer = self.process.stdout.readline().strip()
-        except BrokenPipeError:
-            answer = ""
-        if answer:
-            return answer
-        code = self.process.wait()
-        signal_name = signal.Signals(-code).name if code < 0 else f"exit {code}"
-        return f"error MNN crashed ({signal_name})"
-
-    def ask(self, line: str) -> str:
-        if self.process.poll() is not None:
-            self._start()
-        answer = self._send(line)
-        if line.startswith("load") and answer == "ok":
-            self.loads.append(line)
-        elif answer.startswith("error MNN crashed") and line.startswith("time"):
-            key = line.split()[1]
-            self.loads = [l for l in self.loads if l.split()[1] != key]  # never load the crashing model again
-        return answer
-
-    def close(self):
-        if self.process.poll() is None:
-            self.process.stdin.write("quit\n")
-            self.process.stdin.flush()
-            self.process.wait(timeout=30)
 
 
 @dataclass
@@ -209,8 +73,8 @@ class PathResult:
 
 
 def run(*, quick: bool = False, threads_list=(1, 2), repetitions: int | None = None, engines=("fusion", "onnxruntime",
-        "mnn"), progress=None, min_seconds: float | None = None) -> dict:
-    """Run the suite; returns a JSON-ready dict with environment, peaks and one row per (shape, engine, path).
+        "mnn"), progress=None, min_seconds: float | None = None, suite=None) -> dict:
+    """Run the suite (``suite``: other shapes instead of ``SUITE``); returns a JSON-ready dict with environment, peaks and one row per (shape, engine, path).
 
     Each shape gets ``repetitions`` rounds, or more where a round is fast: as many as take ``min_seconds`` (default
     2, quick 0), up to ``MORE_ROUNDS`` times as many. A sub-millisecond layer's time depends on what ran just before
@@ -229,7 +93,7 @@ def run(*, quick: bool = False, threads_list=(1, 2), repetitions: int | None = N
             for threads in threads_list:
                 numba.set_num_threads(threads)
                 limits = threadpool_limits(threads, user_api="blas")  # numpy's BLAS does our GEMMs
-                for shape in SUITE:
+                for shape in suite or SUITE:
                     spec = shape.spec(scale)
                     flops = shape.flops(spec)
                     model = build(spec)
@@ -404,109 +268,3 @@ def _threading_layer() -> str:
         return numba.threading_layer()
     except ValueError:  # no parallel region has run yet
         return "not initialised"
-
-
-def ratios(document: dict) -> list[dict]:
-    """Per shape and thread count: fused/unfused per engine, and fusion's times against each peer's best."""
-    rows = []
-    by_key = {}
-    for r in document["results"]:
-        by_key.setdefault((r["shape"], r["threads"]), {})[(r["engine"], r["path"])] = r
-    for (shape, threads), paths in by_key.items():
-        row = {"shape": shape, "threads": threads}
-        for engine in ("fusion", "onnxruntime", "mnn"):
-            unfused, folded = paths.get((engine, "unfused")), paths.get((engine, "folded"))
-            if unfused and folded and "median" in unfused and "median" in folded:
-                row[f"{engine} folded/unfused"] = folded["median"] / unfused["median"]
-        ours = paths.get(("fusion", "conv_transpose only"), {}).get("median")
-        # a peer's bare ConvTranspose: the fused model it runs, or its own fold of the original (whichever is faster)
-        peers = [paths[(e, p)]["median"] for e in ("onnxruntime", "mnn") for p in ("folded", "own fusion")
-                 if (e, p) in paths and "median" in paths[(e, p)]]
-        if ours and peers:
-            row["fusion conv_transpose / fastest peer"] = ours / min(peers)
-        conv = paths.get(("fusion", "Conv mirrored"), {}).get("median")
-        conv_peer = paths.get(("onnxruntime", "Conv mirrored"), {}).get("median")
-        if conv and conv_peer:
-            row["fusion Conv / onnxruntime Conv (mirrored)"] = conv / conv_peer
-        for engine in ("fusion", ALONE):
-            alone = paths.get((engine, "conv_transpose only"), {}).get("median")
-            for path in ("folded", "epilogue"):
-                median = paths.get((engine, path), {}).get("median")
-                if alone and median:
-                    row[f"{engine} {path} / conv_transpose only"] = median / alone
-        rows.append(row)
-    return rows
-
-
-def _more_rounds(document: dict) -> str:
-    seconds = document.get("min_seconds", 0.0)
-    if not seconds:
-        return ""
-    return f" (more on fast shapes: {seconds:g} s of rounds per shape, at most {MORE_ROUNDS}x as many)"
-
-
-def markdown(document: dict) -> str:
-    env = document["environment"]
-    lines = [f"Environment: {env['cpu']}, {env['cores']} cores; numba {env['numba']}, onnxruntime "
-             f"{env['onnxruntime']}, MNN {env['mnn']}, numpy {env['numpy']}, Python {env['python']}. "
-             f"{document['repetitions']} interleaved repetitions per path"
-             f"{_more_rounds(document)}"
-             f"{' (quick: half-size inputs)' if document['quick'] else ''}. Measured float32 peak: " +
-             ", ".join(f"{float(v) / 1e9:.1f} GFLOP/s at {k} thread(s)" for k, v in document["peak_flops"].items()) +
-             " (the better of before and after the run)",
-             "", "| shape | threads | engine | path | median ms | min ms | max ms | GFLOP/s | % peak |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for r in document["results"]:
-        if "median" in r:
-            lines.append(f"| {r['shape']} | {r['threads']} | {r['engine']} | {r['path']} | {r['median'] * 1e3:.2f} | "
-                         f"{r['min'] * 1e3:.2f} | {r['max'] * 1e3:.2f} | {r['gflops']:.1f} | "
-                         f"{100 * r['peak_fraction']:.1f} |")
-        else:
-            lines.append(f"| {r['shape']} | {r['threads']} | {r['engine']} | {r['path']} | cannot run: "
-                         f"{r['error']} | | | | |")
-    lines += ["", "| shape | threads | ratio | value |", "|---|---|---|---|"]
-    for row in ratios(document):
-        for key, value in row.items():
-            if key not in ("shape", "threads"):
-                lines.append(f"| {row['shape']} | {row['threads']} | {key} | {value:.3f} |")
-    return "\n".join(lines) + "\n"
-
-
-def plot(document: dict, path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    threads_list = sorted({r["threads"] for r in document["results"]})
-    figure, axes = plt.subplots(len(threads_list), 1, figsize=(13, 4.5 * len(threads_list)), squeeze=False)
-    for axis, threads in zip(axes[:, 0], threads_list):
-        rows = [r for r in document["results"] if r["threads"] == threads and r["engine"] != ALONE]
-        shapes = list(dict.fromkeys(r["shape"] for r in rows))
-        series = list(dict.fromkeys((r["engine"], r["path"]) for r in rows))
-        width = 0.8 / len(series)
-        for i, (engine, path_name) in enumerate(series):
-            values = [next((r.get("median", np.nan) * 1e3 for r in rows if r["shape"] == s and r["engine"] == engine
-                            and r["path"] == path_name), np.nan) for s in shapes]
-            axis.bar(np.arange(len(shapes)) + i * width, values, width, label=f"{engine}: {path_name}")
-        axis.set_xticks(np.arange(len(shapes)) + 0.4 - width / 2, shapes, fontsize=8)
-        axis.set_yscale("log")
-        axis.set_ylabel("median ms (log)")
-        axis.set_title(f"ConvTranspose + BatchNormalization, {threads} thread(s)")
-        axis.legend(fontsize=7, ncol=4)
-    figure.tight_layout()
-    png = io.BytesIO()
-    figure.savefig(png, format="png", dpi=110)
-    plt.close(figure)
-    write_atomic(path, png.getvalue())
-
-
-def write(document: dict, folder) -> dict:
-    import json
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    write_atomic(folder / "bench.json", json.dumps(document, indent=2) + "\n")
-    write_atomic(folder / "bench.md", markdown(document))
-    plot(document, folder / "bench.png")
-    return {"json": str(folder / "bench.json"), "markdown": str(folder / "bench.md"), "plot": str(folder / "bench.png")}
