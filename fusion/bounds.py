@@ -43,6 +43,18 @@ def gamma(n: int, u: float) -> float:
     return nu / (1 - nu) if nu < 1 else float("inf")
 
 
+def _magnitudes(x, w, transposed: bool, *, group, strides, pads, dilations, output_padding, output_shape, auto_pad,
+                kernel_shape):
+    """``(|x|, |w|, the op's keyword arguments, its resolved geometry)``, in float64."""
+    x64 = np.abs(np.asarray(x, np.float64))
+    w64 = np.abs(np.asarray(w, np.float64))
+    geometry = dict(group=group, strides=strides, pads=pads, dilations=dilations, auto_pad=auto_pad,
+                    kernel_shape=kernel_shape)
+    if transposed:
+        geometry.update(output_padding=output_padding, output_shape=output_shape)
+    return x64, w64, geometry, attrs.resolve(x64.shape, w64.shape, transposed=transposed, **geometry)
+
+
 def site_bound(x, w, b=None, affine: ChannelAffine | None = None, *, transposed: bool, dtype=np.float32,
                group=1, strides=None, pads=None, dilations=None, output_padding=None, output_shape=None,
                auto_pad="NOTSET", kernel_shape=None) -> np.ndarray:
@@ -52,13 +64,9 @@ def site_bound(x, w, b=None, affine: ChannelAffine | None = None, *, transposed:
     Conv ``(C_out, C_in/group, *k)``); ``affine`` is the BN/Scale tail (``None``: no tail). Returns an array of
     the output's shape.
     """
-    x64 = np.abs(np.asarray(x, np.float64))
-    w64 = np.abs(np.asarray(w, np.float64))
-    geometry = dict(group=group, strides=strides, pads=pads, dilations=dilations, auto_pad=auto_pad,
-                    kernel_shape=kernel_shape)
-    if transposed:
-        geometry.update(output_padding=output_padding, output_shape=output_shape)
-    geo = attrs.resolve(x64.shape, w64.shape, transposed=transposed, **geometry)
+    x64, w64, geometry, geo = _magnitudes(x, w, transposed, group=group, strides=strides, pads=pads,
+                                          dilations=dilations, output_padding=output_padding,
+                                          output_shape=output_shape, auto_pad=auto_pad, kernel_shape=kernel_shape)
     mul, constant_of, roundings = tail_terms(affine, geo.c_out)
     view, vector_shape = output_channel_view(w64, geo.group, transposed)
     w_scaled = (view * mul.reshape(vector_shape)).reshape(w64.shape)
@@ -126,13 +134,9 @@ def flush_allowance(x, w, b=None, affine: ChannelAffine | None = None, *, transp
 
         |\Delta y| \le \sum_k |x_k|\,|w'_k|\,[|w_k| < T \lor |w'_k| < T] + T \sum_k |w'_k|\,[|x_k| < T] + (K + 2)\,T
     """
-    x64 = np.abs(np.asarray(x, np.float64))
-    w64 = np.abs(np.asarray(w, np.float64))
-    geometry = dict(group=group, strides=strides, pads=pads, dilations=dilations, auto_pad=auto_pad,
-                    kernel_shape=kernel_shape)
-    if transposed:
-        geometry.update(output_padding=output_padding, output_shape=output_shape)
-    geo = attrs.resolve(x64.shape, w64.shape, transposed=transposed, **geometry)
+    x64, w64, geometry, geo = _magnitudes(x, w, transposed, group=group, strides=strides, pads=pads,
+                                          dilations=dilations, output_padding=output_padding,
+                                          output_shape=output_shape, auto_pad=auto_pad, kernel_shape=kernel_shape)
     mul = np.ones(geo.c_out) if affine is None else np.abs(affine.mul)
     view, vector_shape = output_channel_view(w64, geo.group, transposed)
     folded = (view * mul.reshape(vector_shape)).reshape(w64.shape)

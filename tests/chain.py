@@ -5,20 +5,38 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 
+class _Constants:
+    """The initializers of a model being built, drawn from one generator in the order they are asked for."""
+
+    def __init__(self, rng):
+        self.rng, self.arrays = rng, {}
+
+    def __call__(self, name, array):
+        self.arrays[name] = np.asarray(array, np.float32)
+        return name
+
+    def bn(self, prefix, channels, signed=True):
+        rng = self.rng
+        scale = rng.uniform(0.5, 2, channels) * (rng.choice([-1, 1], channels) if signed else 1)
+        return [self(f"{prefix}_scale", scale), self(f"{prefix}_bias", rng.standard_normal(channels)),
+                self(f"{prefix}_mean", rng.standard_normal(channels) * 0.5),
+                self(f"{prefix}_var", rng.uniform(0.2, 2, channels))]
+
+    def model(self, nodes, name, input_shape, output_shape):
+        graph = helper.make_graph(nodes, name, [helper.make_tensor_value_info("input", TensorProto.FLOAT, input_shape)],
+                                  [helper.make_tensor_value_info("output", TensorProto.FLOAT, output_shape)],
+                                  [numpy_helper.from_array(v, k) for k, v in self.arrays.items()])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        model.ir_version = 9
+        onnx.checker.check_model(model)
+        return model
+
+
 def chain_model(seed=0, epsilon=1e-5):
     """``epsilon=None`` leaves the attribute out (ONNX default 1e-5)."""
     rng = np.random.default_rng(seed)
-    constants = {}
-
-    def constant(name, array):
-        constants[name] = np.asarray(array, np.float32)
-        return name
-
-    def bn(prefix, channels):
-        return [constant(f"{prefix}_scale", rng.uniform(0.5, 2, channels) * rng.choice([-1, 1], channels)),
-                constant(f"{prefix}_bias", rng.standard_normal(channels)),
-                constant(f"{prefix}_mean", rng.standard_normal(channels) * 0.5),
-                constant(f"{prefix}_var", rng.uniform(0.2, 2, channels))]
+    constant = _Constants(rng)
+    bn = constant.bn
 
     given = {} if epsilon is None else {"epsilon": epsilon}
     nodes = [
@@ -31,24 +49,14 @@ def chain_model(seed=0, epsilon=1e-5):
                          ["up2"], name="up2", group=4, strides=[1, 1], pads=[1, 1, 1, 1]),
         helper.make_node("BatchNormalization", ["up2"] + bn("bn2", 8), ["output"], name="bn2", **given),
     ]
-    graph = helper.make_graph(nodes, "decoder", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 8, 6, 6])],
-                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 8, 12, 12])],
-                              [numpy_helper.from_array(v, k) for k, v in constants.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 9
-    onnx.checker.check_model(model)
-    return model
+    return constant.model(nodes, "decoder", [1, 8, 6, 6], [1, 8, 12, 12])
 
 
 def conv_chain_model(seed=0, subnormal=True):
     """Conv 3x3 + BN -> Relu -> Conv 3x3 + BN -> Relu -> Conv 1x1: Winograd-eligible layers, and (``subnormal``) some
     weights below float32's normal range, as trained models have (TwinLiteNet)."""
     rng = np.random.default_rng(seed)
-    constants = {}
-
-    def constant(name, array):
-        constants[name] = np.asarray(array, np.float32)
-        return name
+    constant = _Constants(rng)
 
     def weights(name, shape):
         w = rng.standard_normal(shape) * 0.2
@@ -58,8 +66,7 @@ def conv_chain_model(seed=0, subnormal=True):
         return constant(name, w)
 
     def bn(prefix, channels):
-        return [constant(f"{prefix}_scale", rng.uniform(0.5, 2, channels)), constant(f"{prefix}_bias", rng.standard_normal(channels)),
-                constant(f"{prefix}_mean", rng.standard_normal(channels) * 0.5), constant(f"{prefix}_var", rng.uniform(0.2, 2, channels))]
+        return constant.bn(prefix, channels, signed=False)
 
     nodes = [
         helper.make_node("Conv", ["input", weights("c1.w", (16, 8, 3, 3)), constant("c1.b", rng.standard_normal(16))],
@@ -71,10 +78,4 @@ def conv_chain_model(seed=0, subnormal=True):
         helper.make_node("Relu", ["bn2"], ["relu2"], name="relu2"),
         helper.make_node("Conv", ["relu2", weights("c3.w", (4, 16, 1, 1))], ["output"], name="c3"),
     ]
-    graph = helper.make_graph(nodes, "encoder", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 8, 20, 20])],
-                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 4, 20, 20])],
-                              [numpy_helper.from_array(v, k) for k, v in constants.items()])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 9
-    onnx.checker.check_model(model)
-    return model
+    return constant.model(nodes, "encoder", [1, 8, 20, 20], [1, 4, 20, 20])

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
+
+import numpy as np
 
 from fusion.engines.base import EngineFailure
 
@@ -39,6 +43,21 @@ def run_step(argv: list[str], *, engine: str, stage: str, timeout: float, cwd: P
     if process.returncode != 0:
         raise EngineFailure(engine, stage, "error", last_words(text) or f"exit code {process.returncode}")
     return text
+
+
+def tensors_from_child(command, feeds: dict, outputs: list[str], *, engine: str, timeout: float) -> dict:
+    """Run a child that reads ``FEEDS.npz`` and ``OUTPUTS.json`` (tensor names) and writes ``OUT.npz`` as ``t0, t1,
+    ...``; ``command(feeds_path, out_path, names_path)`` is its argv. Returns ``{name: array}``; raises
+    ``EngineFailure``."""
+    with tempfile.TemporaryDirectory(prefix=f"fusion-{engine.lower()}-") as scratch:
+        feeds_path, out_path = os.path.join(scratch, "feeds.npz"), os.path.join(scratch, "out.npz")
+        names_path = os.path.join(scratch, "outputs.json")
+        np.savez(feeds_path, **{k: np.asarray(v, np.float32) for k, v in feeds.items()})
+        with open(names_path, "w", encoding="utf-8") as handle:
+            json.dump(list(outputs), handle)
+        run_step(command(feeds_path, out_path, names_path), engine=engine, stage="running", timeout=timeout)
+        with np.load(out_path) as saved:
+            return {name: saved[f"t{i}"] for i, name in enumerate(outputs)}
 
 
 def last_words(text: str, lines: int = 3) -> str:

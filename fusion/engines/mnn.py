@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from fusion.engines.base import EngineFailure, EngineParams
-from fusion.engines.isolate import last_words, python_child, run_step
+from fusion.engines.isolate import last_words, python_child, run_step, tensors_from_child
 from fusion.engines.mnn_file import read_exact, tensor_names
 from fusion.engines.mnn_json import MnnGraph
 from fusion.graph.model import load
@@ -122,26 +121,20 @@ class MnnEngine:
 
     def run_many(self, prepared: MnnModel, feeds: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
         """Run once on ``feeds`` and return the tensors ``outputs``, each as float32 in NCHW order."""
-        with tempfile.TemporaryDirectory(prefix="fusion-mnn-") as scratch:
-            feeds_path, out_path = os.path.join(scratch, "feeds.npz"), os.path.join(scratch, "out.npz")
-            names_path = os.path.join(scratch, "outputs.json")
-            np.savez(feeds_path, **{k: np.asarray(v, np.float32) for k, v in feeds.items()})
-            with open(names_path, "w", encoding="utf-8") as handle:
-                json.dump(list(outputs), handle)
-            try:
-                run_step(python_child("mnn_child.py") + ["run", str(prepared.path), feeds_path, out_path, names_path,
-                                                         str(self.threads)],
-                         engine=self.name, stage="running", timeout=self.timeout)
-            except EngineFailure as failure:
-                if failure.kind == "error" and "Can't find output" in failure.detail:
-                    missing = [n for n in outputs if n not in self.tensor_names(prepared)]
-                    detail = ("the converted model is empty: the converter dropped every op yet reported success"
-                              if self.graph(prepared).is_empty else
-                              f"the converted model has no tensor {(missing or outputs)[0]!r} to read")
-                    raise EngineFailure(self.name, "running", "missing", detail) from None
-                raise
-            with np.load(out_path) as saved:
-                return {name: saved[f"t{i}"] for i, name in enumerate(outputs)}
+        def command(feeds_path, out_path, names_path):
+            return python_child("mnn_child.py") + ["run", str(prepared.path), feeds_path, out_path, names_path,
+                                                   str(self.threads)]
+
+        try:
+            return tensors_from_child(command, feeds, outputs, engine=self.name, timeout=self.timeout)
+        except EngineFailure as failure:
+            if failure.kind == "error" and "Can't find output" in failure.detail:
+                missing = [n for n in outputs if n not in self.tensor_names(prepared)]
+                detail = ("the converted model is empty: the converter dropped every op yet reported success"
+                          if self.graph(prepared).is_empty else
+                          f"the converted model has no tensor {(missing or outputs)[0]!r} to read")
+                raise EngineFailure(self.name, "running", "missing", detail) from None
+            raise
 
     def site_params(self, prepared: MnnModel, site) -> EngineParams:
         return self.graph(prepared).site_params(site, self.name)

@@ -6,9 +6,6 @@ file; ``run`` evaluates the optimized model in a child process.
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +13,7 @@ import onnx
 import onnxruntime as ort
 
 from fusion.engines.base import EngineFailure, EngineParams, KeptOp
-from fusion.engines.isolate import python_child, run_step
+from fusion.engines.isolate import python_child, run_step, tensors_from_child
 from fusion.errors import FusionInputError
 from fusion.graph.sites import find_sites
 
@@ -47,16 +44,10 @@ class OnnxRuntimeEngine:
         return self.run_many(prepared, feeds, [output])[output]
 
     def run_many(self, prepared: Path, feeds: dict, outputs: list[str]) -> dict[str, np.ndarray]:
-        with tempfile.TemporaryDirectory(prefix="fusion-ort-") as scratch:
-            feeds_path, out_path = os.path.join(scratch, "feeds.npz"), os.path.join(scratch, "out.npz")
-            names_path = os.path.join(scratch, "outputs.json")
-            np.savez(feeds_path, **{k: np.asarray(v, np.float32) for k, v in feeds.items()})
-            with open(names_path, "w", encoding="utf-8") as handle:
-                json.dump(list(outputs), handle)
-            run_step(python_child("ort_child.py") + ["run", str(prepared), feeds_path, out_path, names_path],
-                     engine=self.name, stage="running", timeout=self.timeout)
-            with np.load(out_path) as saved:
-                return {name: saved[f"t{i}"] for i, name in enumerate(outputs)}
+        def command(feeds_path, out_path, names_path):
+            return python_child("ort_child.py") + ["run", str(prepared), feeds_path, out_path, names_path]
+
+        return tensors_from_child(command, feeds, outputs, engine=self.name, timeout=self.timeout)
 
     def site_params(self, prepared: Path, site) -> EngineParams:
         return onnx_site_params(prepared, site, self.name)
