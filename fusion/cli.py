@@ -26,7 +26,8 @@ def _parser() -> argparse.ArgumentParser:
                                 "or Mul/Add) site on its own input, and name the first wrong stage. Without MODEL, runs "
                                 "the built-in demo set.")
     check.add_argument("model", nargs="?", help="ONNX model (default: the built-in demo set)")
-    check.add_argument("--mnn", help="your own converted .mnn of MODEL, judged instead of converting it")
+    check.add_argument("--engine", default="mnn", help="the converter to judge (`fusion engines` lists them; default mnn)")
+    check.add_argument("--mnn", help="your own converted .mnn of MODEL, judged instead of converting it (engine mnn)")
     check.add_argument("--sites", action="store_true",
                        help="cut each site out and convert it alone instead (for a converter that cannot convert the "
                             "whole model)")
@@ -56,11 +57,14 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--seed", type=int, default=0)
     sweep.add_argument("--dims", default="1,2,3", help="spatial ranks to draw from (default 1,2,3)")
     sweep.add_argument("--tails", default="none,bn,mul_add,mul,add", help="tails to draw from")
-    sweep.add_argument("--engine", choices=("mnn", "onnxruntime"), default="mnn")
+    sweep.add_argument("--engine", default="mnn", help="the engine to judge (`fusion engines` lists them; default mnn)")
     sweep.add_argument("--workers", type=int, default=2, help="local worker processes (default 2)")
     sweep.add_argument("--dask", help="address of an existing Dask scheduler to run the campaign on")
     sweep.add_argument("--out", default="sweep-out", help="report folder (default sweep-out)")
     sweep.add_argument("--timeout", type=float, default=120.0, help="seconds before an engine step counts as hung")
+    commands.add_parser("engines", help="list the engines fusion check can judge, installed or not",
+                        description="Every engine `fusion check --engine NAME` judges, with its installed version, or "
+                        "the pip install line that brings it.")
     bench = commands.add_parser("bench", help="time fused vs unfused ConvTranspose + BN across engines",
                                 description="Time this library's kernels, onnxruntime and MNN, unfused and fused, on "
                                 "the benchmark suite in one interleaved run, and print the table.")
@@ -73,7 +77,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _check(args, console: Console) -> int:
     from fusion.check import check, check_sites
-    from fusion.engines.mnn import MnnEngine
+    from fusion.engines.registry import make
     from fusion.files import write_atomic
     from fusion.graph.build import build
     from fusion.graph.demo import demo_specs
@@ -85,7 +89,9 @@ def _check(args, console: Console) -> int:
     shapes = dict(parse_input_shape(text) for text in args.input_shape)
     if shapes and not args.model:
         raise FusionInputError("--input-shape needs a MODEL")
-    engine = MnnEngine(args.converter, timeout=args.timeout, threads=args.threads)
+    if args.mnn and args.engine != "mnn":
+        raise FusionInputError(f"--mnn is a converted MNN model; --engine {args.engine} converts MODEL itself")
+    engine = make(args.engine, timeout=args.timeout, threads=args.threads, converter=args.converter)
     judge = check_sites if args.sites else check
     reports = []
     with Progress(console=console, transient=True) as progress:
@@ -148,18 +154,13 @@ def _sweep(args, console: Console) -> int:
     tails = tuple(args.tails.split(","))
     if not set(dims) <= {1, 2, 3} or not set(tails) <= set(TAILS):
         raise FusionInputError(f"--dims takes 1,2,3 and --tails takes {','.join(TAILS)}")
-    if args.engine == "mnn":
-        from fusion.engines.mnn import MnnEngine
+    from fusion.engines.registry import make
 
-        engine = MnnEngine(timeout=args.timeout)
-    else:
-        from fusion.engines.onnxruntime_engine import OnnxRuntimeEngine
-
-        engine = OnnxRuntimeEngine(timeout=args.timeout)
+    engine = make(args.engine, timeout=args.timeout)
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task(f"judging against {engine.version()}", total=args.budget)
         report = sweep.run(args.out, engine, budget=args.budget, seed=args.seed, dims=dims, tails=tails,
-                           workers=args.workers, dask_address=args.dask,
+                           workers=args.workers, dask_address=args.dask, engine_name=args.engine,
                            progress=lambda done, total: progress.update(task, completed=done))
     console.print(f"{report['judged']} judged: {report['passed']} passed, {report['failed']} failed in "
                   f"{len(report['groups'])} group(s); report: {args.out}/report.md")
@@ -167,6 +168,18 @@ def _sweep(args, console: Console) -> int:
         console.print(f"- group {group['group']} ({group['count']}): {'; '.join(group['explanations'])[:200]}\n"
                       f"  matters: {', '.join(group['attributes_that_matter'])}\n  re-check: {group['command']}")
     return 0 if report["failed"] == 0 else 1
+
+
+def _engines(console: Console) -> int:
+    from fusion.engines.registry import ENGINES, installed
+
+    for entry in ENGINES.values():
+        version = installed(entry)
+        state = f"{entry.distribution} {version}" if version else \
+            f"not installed: pip install {entry.distribution}=={entry.verified}"
+        console.print(f"{entry.name}: {entry.what}; {state} (verified with {entry.verified})", soft_wrap=True,
+                      markup=False, highlight=False)
+    return 0
 
 
 def _bench(args, console: Console) -> int:
@@ -203,6 +216,8 @@ def main(argv=None) -> int:
             return _bench(args, console)
         if args.command == "sweep":
             return _sweep(args, console)
+        if args.command == "engines":
+            return _engines(console)
     except FusionInputError as error:
         print(f"fusion: error: {error}", file=sys.stderr)
         return 2

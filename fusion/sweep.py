@@ -180,8 +180,9 @@ def _group_key(outcome: Outcome) -> str:
 
 def run(out: str | Path, engine, *, budget: int = 200, seed: int = 0, dims=(1, 2, 3), tails=TAILS, workers: int = 2,
         dask_address: str | None = None, dask_client=None, shrink_budget: int = 40,
-        progress: Callable[[int, int], None] | None = None) -> dict:
-    """Run (or resume) a campaign of ``budget`` configurations; writes ``out`` and returns the report."""
+        progress: Callable[[int, int], None] | None = None, engine_name: str | None = None) -> dict:
+    """Run (or resume) a campaign of ``budget`` configurations; writes ``out`` and returns the report.
+    ``engine_name``: the ``--engine`` that re-checks a reproducer (``fusion.engines.registry``)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     journal = out / "judged.jsonl"
@@ -204,7 +205,8 @@ def run(out: str | Path, engine, *, budget: int = 200, seed: int = 0, dims=(1, 2
 
         for outcome in _judge_all(specs, engine, workers, dask_address, dask_client):
             record(outcome)
-    return _report(out, engine, seed, budget, [done[i] for i in range(budget) if i in done], shrink_budget)
+    return _report(out, engine, seed, budget, [done[i] for i in range(budget) if i in done], shrink_budget,
+                   engine_name)
 
 
 def _judge_all(specs: dict, engine, workers: int, dask_address, dask_client):
@@ -231,7 +233,8 @@ def _judge_all(specs: dict, engine, workers: int, dask_address, dask_client):
             yield future.result()
 
 
-def _report(out: Path, engine, seed: int, budget: int, outcomes: list[Outcome], shrink_budget: int) -> dict:
+def _report(out: Path, engine, seed: int, budget: int, outcomes: list[Outcome], shrink_budget: int,
+            engine_name: str | None = None) -> dict:
     groups: dict[str, list[Outcome]] = {}
     for outcome in outcomes:
         if outcome.status == "fail":
@@ -260,7 +263,7 @@ def _report(out: Path, engine, seed: int, budget: int, outcomes: list[Outcome], 
             "tails": sorted({m.spec["tail"] for m in members}),
             "attributes_that_matter": essentials(minimal), "minimal": minimal.to_dict(),
             "shrink_judgements": cache[cache_key]["spent"], "reproducer": str(path),
-            "command": f"fusion check {path}", "indices": [m.index for m in members][:50],
+            "command": f"fusion check --sites {path}" + (f" --engine {engine_name}" if engine_name else ""), "indices": [m.index for m in members][:50],
         })
     report = {"engine": engine.version(), "seed": seed, "budget": budget, "judged": len(outcomes),
               "passed": sum(o.status == "pass" for o in outcomes), "failed": sum(o.status == "fail" for o in outcomes),

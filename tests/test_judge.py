@@ -30,9 +30,9 @@ def test_non_finite_engine_parameters_are_a_finding_not_an_error():
 
 def test_onnxruntime_is_judged_through_the_same_adapter_protocol():
     """The second engine: onnxruntime's own optimizer (ORT_ENABLE_ALL) folds BN; Mul/Add it keeps are composed."""
-    from fusion.engines.onnxruntime_engine import OnnxRuntimeEngine
+    from fusion.engines.onnx_rewriters import OnnxRewriteEngine
 
-    engine = OnnxRuntimeEngine()
+    engine = OnnxRewriteEngine("onnxruntime-all")
     for spec in demo_specs():
         (site,) = check(None, engine, model=build(spec), name=spec.name).sites
         assert site.status == "pass", (spec.name, site.explanations)

@@ -33,9 +33,10 @@ def test_sweep_against_a_correct_engine_reports_nothing(tmp_path):
 
 def test_planted_legacy_fold_is_found_shrunk_and_grouped(tmp_path):
     report = sweep.run(tmp_path, PlantedEngine("legacy_fold"), budget=80, seed=2, dims=(1, 2), tails=("bn", "none"),
-                       workers=1)
+                       workers=1, engine_name="mnn")
     assert report["failed"] > 0
     for group in report["groups"]:
+        assert group["command"].startswith("fusion check --sites ") and group["command"].endswith(" --engine mnn")
         assert any(LEGACY in e for e in group["explanations"]), group["explanations"]
         assert group["op"] == "ConvTranspose" and group["tails"] == ["bn"]
         minimal = SiteSpec.from_dict(group["minimal"])

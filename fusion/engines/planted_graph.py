@@ -24,7 +24,7 @@ from onnx import numpy_helper
 from fusion import ops, winograd
 from fusion.bounds import TINY
 from fusion.engines.base import EngineFailure, EngineParams
-from fusion.engines.onnxruntime_engine import onnx_site_params
+from fusion.engines.onnx_rewriters import onnx_site_params
 from fusion.fold import output_channels
 from fusion.graph.fuse import fuse_model
 from fusion.graph.model import Graph

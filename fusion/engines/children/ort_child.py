@@ -1,21 +1,11 @@
 """Child process for onnxruntime. Commands (an error is one line on stderr and exit code 5):
 
-    optimize MODEL OPTIMIZED   save MODEL as onnxruntime optimizes it (ORT_ENABLE_ALL)
     run MODEL FEEDS.npz OUT.npz OUTPUTS.json   run an already optimized MODEL; save the tensors named in
                                                OUTPUTS.json as t0, t1, ... (intermediate ones are exposed)
 """
 
 import os
 import sys
-
-
-def optimize(model, optimized):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.optimized_model_filepath = optimized
-    ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
 def run(model, feeds_path, out_path, outputs_path):
@@ -49,7 +39,7 @@ def main():
     ort.set_default_logger_severity(4)  # its own log lines would bury the one-line reason below
     command, argv = sys.argv[1], sys.argv[2:]
     try:
-        {"optimize": optimize, "run": run}[command](*argv)
+        {"run": run}[command](*argv)
     except Exception as error:  # onnxruntime raises its own types; the parent wants the reason on one line
         reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
         print(f"{type(error).__name__}: {reason}", file=sys.stderr)

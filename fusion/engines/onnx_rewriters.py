@@ -1,37 +1,53 @@
-"""onnxruntime as an engine to judge: its own graph optimizer folds BN into Conv/ConvTranspose.
+"""The ONNX-to-ONNX optimizers as engines to judge: onnxruntime's graph optimizer (at each level), onnxscript's
+optimizer (what ``torch.onnx.export`` runs) and onnxslim. Each folds BN, and some Mul/Add, into Conv/ConvTranspose.
 
-``prepare`` saves the model as onnxruntime optimizes it (ORT_ENABLE_ALL) and reads the fused parameters from that
-file; ``run`` evaluates the optimized model in a child process.
+``prepare`` saves the model as the tool rewrites it (in a child process, ``children/rewrite_child.py``); the
+rewritten model is run by onnxruntime with its own optimizations off (``children/ort_child.py``), any tensor of it
+exposed; fused parameters are read from the rewritten file with the same site finder as the original.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
 from fusion.engines.base import EngineFailure, EngineParams, KeptOp
 from fusion.engines.isolate import python_child, run_step, tensors_from_child
 from fusion.errors import FusionInputError
 from fusion.graph.sites import find_sites
 
+TOOLS = {  # tool -> (distribution, what runs)
+    "onnxruntime-basic": ("onnxruntime", "onnxruntime's optimizer at ORT_ENABLE_BASIC"),
+    "onnxruntime-extended": ("onnxruntime", "onnxruntime's optimizer at ORT_ENABLE_EXTENDED"),
+    "onnxruntime-all": ("onnxruntime", "onnxruntime's optimizer at ORT_ENABLE_ALL (its default)"),
+    "onnxscript": ("onnxscript", "onnxscript.optimizer.optimize (what torch.onnx.export runs)"),
+    "onnxslim": ("onnxslim", "onnxslim.slim"),
+}
 
-class OnnxRuntimeEngine:
-    name = "onnxruntime"
 
-    def __init__(self, *, timeout: float = 120.0):
-        self.timeout = timeout
+class OnnxRewriteEngine:
+    """One ONNX-to-ONNX optimizer (``tool``, a key of ``TOOLS``), judged on the model it writes."""
+
+    def __init__(self, tool: str = "onnxruntime-all", *, timeout: float = 120.0):
+        if tool not in TOOLS:
+            raise ValueError(f"tool must be one of {sorted(TOOLS)}")
+        self.tool, self.timeout = tool, timeout
+        self.name = tool
 
     def version(self) -> str:
-        return f"onnxruntime {ort.__version__} (ORT_ENABLE_ALL)"
+        distribution, what = TOOLS[self.tool]
+        return f"{distribution} {importlib.metadata.version(distribution)} ({what})"
 
     def prepare(self, onnx_path: Path, workdir: Path) -> Path:
-        optimized = Path(workdir) / (Path(onnx_path).stem + ".ort.onnx")
-        run_step(python_child("ort_child.py") + ["optimize", str(onnx_path), str(optimized)], engine=self.name,
-                 stage="optimizing", timeout=self.timeout)
-        return optimized
+        rewritten = Path(workdir) / (Path(onnx_path).stem + f".{self.tool}.onnx")
+        run_step(python_child("rewrite_child.py") + [self.tool, str(onnx_path), str(rewritten)], engine=self.name,
+                 stage="converting", timeout=self.timeout)
+        if not rewritten.is_file():
+            raise EngineFailure(self.name, "converting", "error", "the tool wrote no model")
+        return rewritten
 
     def load(self, artifact: Path, workdir: Path) -> Path:
         return Path(artifact)
