@@ -28,7 +28,10 @@ def main() -> int:
     parser.add_argument("--list", default=str(Path(__file__).with_name("corpus.json")))
     parser.add_argument("--out")
     parser.add_argument("--plant", action="store_true")
+    parser.add_argument("--engine", default="mnn", help="the engine to judge (`fusion engines`); --plant needs mnn")
     args = parser.parse_args()
+    if args.plant and args.engine != "mnn":
+        parser.error("--plant rewrites MNN's converted file: it needs --engine mnn")
     entries = json.loads(Path(args.list).read_text())["models"]
     out = Path(args.out or tempfile.mkdtemp(prefix="fusion-corpus-"))
     out.mkdir(parents=True, exist_ok=True)
@@ -41,7 +44,8 @@ def main() -> int:
             print(f"| {entry['file']} | - | - | - | missing from {args.folder} | - | - |")
             continue
         report = out / (model.stem + ".json")
-        command = [sys.executable, "-m", "fusion.cli", "check", str(model), "--json", str(report)]
+        command = [sys.executable, "-m", "fusion.cli", "check", str(model), "--json", str(report), "--engine",
+                   args.engine]
         for shape in entry.get("input_shape", []):
             command += ["--input-shape", shape]
         started = time.perf_counter()

@@ -14,7 +14,7 @@ from fusion.errors import FusionInputError
 from test_whole import broadcast_add_model
 
 
-@pytest.mark.parametrize("name", ["onnxruntime", "onnxruntime-basic", "onnxscript", "onnxslim"])
+@pytest.mark.parametrize("name", ["onnxruntime", "onnxruntime-basic", "onnxscript", "onnxslim", "openvino"])
 def test_each_optimizer_folds_the_chain_right_and_leaves_a_broadcast_add_alone(name):
     engine = make(name)
     report = check(None, engine, model=chain_model(), name="chain")
@@ -22,7 +22,9 @@ def test_each_optimizer_folds_the_chain_right_and_leaves_a_broadcast_add_alone(n
     assert [s.status for s in report.sites] == ["pass", "pass"]
     assert all(s.params is not None and s.params.passed for s in report.sites)
     broadcast = check(None, engine, model=broadcast_add_model(), name="broadcast")
-    assert broadcast.passed and broadcast.whole_model.outputs[0].diff_max == 0.0
+    # a right result with the conv merged into what follows: the parameters that cannot be read are a note
+    assert broadcast.passed, [(s.status, s.explanations) for s in broadcast.sites]
+    assert broadcast.whole_model.outputs[0].diff_max <= 1e-6
 
 
 def test_the_registry_names_what_is_missing_and_what_is_unknown(monkeypatch, capsys):

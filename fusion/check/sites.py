@@ -60,8 +60,9 @@ def judge_params_into(verdict: SiteVerdict, site: Site, ref: SiteExpectation, en
     try:
         params = engine.site_params(prepared, site)
     except EngineFailure as failure:
-        if failure.kind == "missing" and verdict.output is not None and verdict.output.passed:
-            # the converter restructured the op beyond what can be mapped back, and computes it right
+        if failure.kind == "missing" and (verdict.output is None or verdict.output.passed):
+            # the converter restructured the op beyond what can be mapped back, and computes it right (or, in a whole
+            # model, merged it with what follows, which is judged there)
             verdict.notes.append(f"fused parameters not judged: {failure.detail}")
         elif failure.explain() not in verdict.explanations:
             add_failure(verdict, failure)

@@ -26,6 +26,7 @@ ENGINES = {entry.name: entry for entry in (
     EngineEntry("onnxruntime-basic", "onnxruntime", "1.32.0", "onnxruntime's graph optimizer at ORT_ENABLE_BASIC"),
     EngineEntry("onnxscript", "onnxscript", "0.7.2", "onnxscript.optimizer.optimize, what torch.onnx.export runs"),
     EngineEntry("onnxslim", "onnxslim", "0.1.98", "onnxslim.slim"),
+    EngineEntry("openvino", "openvino", "2026.4.1", "OpenVINO's MOC transformations (what ovc applies), CPU in float32"),
 )}
 
 
@@ -51,6 +52,10 @@ def make(name: str, *, timeout: float = 120.0, threads: int = 1, converter: str 
         return MnnEngine(converter, timeout=timeout, threads=threads)
     if converter is not None:
         raise FusionInputError("--converter is MNN's (an MNNConvert binary); it does not apply to " + name)
+    if name == "openvino":
+        from fusion.engines.openvino import OpenVinoEngine
+
+        return OpenVinoEngine(timeout=timeout)
     from fusion.engines.onnx_rewriters import OnnxRewriteEngine
 
     return OnnxRewriteEngine("onnxruntime-all" if name == "onnxruntime" else name, timeout=timeout)
