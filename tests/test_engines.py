@@ -48,3 +48,36 @@ def test_fusion_engines_lists_every_engine_with_its_version():
     assert [line.split(":")[0] for line in lines] == list(ENGINES)
     for line, entry in zip(lines, ENGINES.values()):
         assert f"{entry.distribution} {installed(entry)}" in line or "not installed: pip install" in line
+
+
+def _subnormal_channel_model():
+    """A Conv whose first output channel has zero weights and a subnormal bias: its exact output is subnormal, and an
+    engine that flushes denormals writes 0 there (TwinLiteNet's first layer, under OpenVINO's CPU plugin)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(5)
+    w = (rng.standard_normal((16, 3, 3, 3)) * 0.3).astype(np.float32)
+    b = rng.standard_normal(16).astype(np.float32)
+    w[1], b[1] = 0, 9.2e-40
+    nodes = [helper.make_node("Conv", ["input", "w", "b"], ["c"], name="conv", strides=[2, 2], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["output"], name="relu")]
+    graph = helper.make_graph(nodes, "subnormal", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                                                 [1, 3, 16, 16])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 16, 8, 8])],
+                              [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    return model
+
+
+def test_a_flushed_subnormal_output_is_legitimate_on_every_engine():
+    from fusion.check.tolerance import FLUSHED
+
+    for name in ("openvino", "onnxruntime", "mnn"):
+        if installed(ENGINES[name]) is None:
+            continue
+        report = check(None, make(name), model=_subnormal_channel_model(), name="subnormal")
+        assert report.passed, (name, [(s.status, s.explanations) for s in report.sites])
+        assert report.sites[0].held in ("exact", FLUSHED)
