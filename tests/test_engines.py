@@ -54,7 +54,6 @@ def _subnormal_channel_model():
     """A Conv whose first output channel has zero weights and a subnormal bias: its exact output is subnormal, and an
     engine that flushes denormals writes 0 there (TwinLiteNet's first layer, under OpenVINO's CPU plugin)."""
     import numpy as np
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(5)

@@ -324,9 +324,6 @@ class WholeModelJudge:
                 return np.asarray(source[site.input_name], np.float32)
         raise KeyError(site.input_name)
 
-    def local_value(self, name: str) -> np.ndarray:
-        return self.local[name]
-
     def explain_tensor(self, name: str, node: onnx.NodeProto, nodes: frozenset, values: dict) -> FirstWrong:
         """A wrong tensor with right inputs: inside a fused site, or outside every fusion site."""
         check = self.stages[name]
@@ -336,7 +333,7 @@ class WholeModelJudge:
             lines.append("this lies outside the fusion sites" + (
                 f": the converter computes {len(nodes)} ONNX nodes there as one unit ({', '.join(sorted(nodes)[:4])}"
                 f"{' ...' if len(nodes) > 4 else ''})" if len(nodes) > 1 else ""))
-            lines += per_channel(values[name], self.local_value(name), check.tolerance, what="tensor")
+            lines += per_channel(values[name], self.local[name], check.tolerance, what="tensor")
             return FirstWrong(name, node_label(node), None, lines)
         site = inside[0]
         verdict = self.report.sites[site.index]
@@ -347,7 +344,7 @@ class WholeModelJudge:
         else:
             lines.append(f"the converter merged site {site.index} ({site.label}) with the nodes up to {name!r} "
                          "into one computation, and that is wrong")
-            lines += per_channel(values[name], self.local_value(name), check.tolerance, what="tensor")
+            lines += per_channel(values[name], self.local[name], check.tolerance, what="tensor")
             verdict.codes.append(Code.WRONG_VALUES.value)
         verdict.status = "fail"
         verdict.explanations += lines

@@ -56,11 +56,10 @@ class MnnEngine:
             self._version = f"MNN {version}" + (f" (converter {self.converter})" if self.converter else "")
         return self._version
 
-    def convert(self, onnx_path: Path, mnn_path: Path, *, external: bool = False) -> None:
-        """Convert; ``external=True`` stores conv weights as raw float32 beside the model (``.mnn.weight``)."""
+    def convert(self, onnx_path: Path, mnn_path: Path) -> None:
+        """Convert with the converter's defaults (plus ``convert_args``)."""
         said = run_step(self._converter() + ["-f", "ONNX", "--modelFile", str(onnx_path), "--MNNModel",
-                                             str(mnn_path), "--bizCode", "fusion",
-                                             *(["--saveExternalData"] if external else []), *self.convert_args],
+                                             str(mnn_path), "--bizCode", "fusion", *self.convert_args],
                         engine=self.name, stage="converting", timeout=self.timeout)
         if not mnn_path.is_file() or mnn_path.stat().st_size == 0:
             raise EngineFailure(self.name, "converting", "error", f"the converter wrote no model: {last_words(said)}")

@@ -98,14 +98,10 @@ def params(xml_path, out_path, tensor):
 
 
 def main():
+    from one_line import run_reporting
+
     command, argv = sys.argv[1], sys.argv[2:]
-    try:
-        {"convert": convert, "names": names, "run": run, "params": params}[command](*argv)
-    except Exception as error:  # OpenVINO raises its own types; the parent wants the reason on one line
-        reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
-        print(f"{type(error).__name__}: {reason}", file=sys.stderr)
-        return 5
-    return 0
+    return run_reporting({"convert": convert, "names": names, "run": run, "params": params}[command], *argv)
 
 
 if __name__ == "__main__":

@@ -37,14 +37,10 @@ def main():
     import onnxruntime as ort
 
     ort.set_default_logger_severity(4)  # its own log lines would bury the one-line reason below
+    from one_line import run_reporting
+
     command, argv = sys.argv[1], sys.argv[2:]
-    try:
-        {"run": run}[command](*argv)
-    except Exception as error:  # onnxruntime raises its own types; the parent wants the reason on one line
-        reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
-        print(f"{type(error).__name__}: {reason}", file=sys.stderr)
-        return 5
-    return 0
+    return run_reporting({"run": run}[command], *argv)
 
 
 if __name__ == "__main__":

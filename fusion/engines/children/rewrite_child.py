@@ -35,13 +35,9 @@ def rewrite(tool, model_path, out_path):
 
 
 def main():
-    try:
-        rewrite(*sys.argv[1:4])
-    except Exception as error:  # each tool raises its own types; the parent wants the reason on one line
-        reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
-        print(f"{type(error).__name__}: {reason}", file=sys.stderr)
-        return 5
-    return 0
+    from one_line import run_reporting
+
+    return run_reporting(rewrite, *sys.argv[1:4])
 
 
 if __name__ == "__main__":
