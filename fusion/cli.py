@@ -1,11 +1,13 @@
 """The ``fusion`` command line: argument parsing and printing only.
 
-Exit codes: 0 every site passed, 1 a site failed or the engine failed, 2 bad input.
+Exit codes: 0 every site passed, 1 a site failed or the engine failed, 2 bad input (or a model too large or too
+slow to judge within --max-memory and --timeout), 3 an internal error of fusion (a bug: please report it).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from rich.console import Console
@@ -37,7 +39,9 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--converter", help="path of an MNNConvert binary to use instead of the installed wheel's")
     check.add_argument("--json", dest="json_path", help="write a machine-readable report here (atomically)")
     check.add_argument("--seed", type=int, default=0, help="seed of the random model inputs (default 0)")
-    check.add_argument("--timeout", type=float, default=120.0, help="seconds before an engine step counts as hung")
+    check.add_argument("--timeout", type=float, default=120.0,
+                       help="seconds before a step (an engine's, an oracle run, a site's reference) counts as hung")
+    check.add_argument("--max-memory", default="8G", help="refuse a model whose check would need more (default 8G)")
     check.add_argument("--threads", type=int, default=1, help="MNN CPU threads")
     check.add_argument("--runs", type=int, default=2,
                        help="conversions and runs on the same input; an output that changes is a finding (default 2)")
@@ -49,6 +53,9 @@ def _parser() -> argparse.ArgumentParser:
     fuse.add_argument("output", metavar="OUT")
     fuse.add_argument("--seed", type=int, default=0, help="seed of the random verification inputs")
     fuse.add_argument("--json", dest="json_path", help="write the fold report here")
+    fuse.add_argument("--timeout", type=float, default=120.0,
+                      help="seconds before an onnxruntime run or a site's reference counts as hung")
+    fuse.add_argument("--max-memory", default="8G", help="refuse a model whose verification would need more")
     sweep = commands.add_parser("sweep", help="generate many small models and judge them: find converter bugs",
                                 description="A differential campaign: random one-site models across the configuration "
                                 "space, judged like fusion check; failures are grouped, shrunk to minimal reproducers "
@@ -81,6 +88,7 @@ def _check(args, console: Console) -> int:
     from fusion.files import write_atomic
     from fusion.graph.build import build
     from fusion.graph.demo import demo_specs
+    from fusion.graph.memory import parse_size
     from fusion.oracle import parse_input_shape
     from fusion.report import print_reports, to_json
 
@@ -91,6 +99,7 @@ def _check(args, console: Console) -> int:
         raise FusionInputError("--input-shape needs a MODEL")
     if args.mnn and args.engine != "mnn":
         raise FusionInputError(f"--mnn is a converted MNN model; --engine {args.engine} converts MODEL itself")
+    limit = parse_size(args.max_memory)
     engine = make(args.engine, timeout=args.timeout, threads=args.threads, converter=args.converter)
     judge = check_sites if args.sites else check
     reports = []
@@ -98,12 +107,13 @@ def _check(args, console: Console) -> int:
         if args.model:
             progress.add_task(f"checking {args.model}", total=None)
             reports.append(judge(args.model, engine, converted=args.mnn, seed=args.seed, runs=args.runs,
-                                 shapes=shapes or None))
+                                 shapes=shapes or None, timeout=args.timeout, max_memory=limit))
         else:
             specs = demo_specs()
             task = progress.add_task("checking the demo models", total=len(specs))
             for spec in specs:
-                reports.append(judge(None, engine, model=build(spec), name=spec.name, seed=args.seed, runs=args.runs))
+                reports.append(judge(None, engine, model=build(spec), name=spec.name, seed=args.seed, runs=args.runs,
+                                     timeout=args.timeout, max_memory=limit))
                 progress.advance(task)
     print_reports(reports, console)
     if args.json_path:
@@ -119,13 +129,15 @@ def _fuse(args, console: Console) -> int:
 
     from fusion.files import write_atomic
     from fusion.graph.fuse import fuse_model, verify
+    from fusion.graph.memory import parse_size
     from fusion.graph.model import load
 
     if os.path.exists(args.output) and os.path.samefile(args.input, args.output):
         raise FusionInputError("OUT must differ from IN: the input model is never modified")
+    limit = parse_size(args.max_memory)
     original = load(args.input)
     fused, report, sites = fuse_model(original)
-    verify(original, fused, sites, seed=args.seed, report=report)
+    verify(original, fused, sites, seed=args.seed, report=report, timeout=args.timeout, max_memory=limit)
     grid = Table(title=f"fusion fuse {args.input}", expand=True)
     for column in ("site", "what", "result"):
         grid.add_column(column, overflow="fold")
@@ -221,7 +233,28 @@ def main(argv=None) -> int:
     except FusionInputError as error:
         print(f"fusion: error: {error}", file=sys.stderr)
         return 2
+    except MemoryError:
+        print("fusion: error: out of memory; a smaller --input-shape or a lower --max-memory refuses such a model "
+              "before it allocates", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as error:  # a bug of fusion's: one line and a report file, never a traceback in the user's face
+        return _internal_error(error, argv)
     return 2
+
+
+def _internal_error(error: Exception, argv) -> int:
+    import tempfile
+    import traceback
+
+    handle, path = tempfile.mkstemp(prefix="fusion-internal-error-", suffix=".txt")
+    with os.fdopen(handle, "w") as stream:
+        stream.write(f"fusion {fusion.__version__}, arguments {argv or sys.argv[1:]}\n")
+        traceback.print_exception(error, file=stream)
+    print(f"fusion: internal error (a bug in fusion, please report it with {path}): {type(error).__name__}: "
+          f"{str(error).strip().splitlines()[0][:300] if str(error).strip() else ''}", file=sys.stderr)
+    return 3
 
 
 if __name__ == "__main__":

@@ -18,3 +18,11 @@ class FusionInputError(ValueError):
 
 class UnsafeFoldError(FusionInputError):
     """A fold that would not be exact (a shift before a padded convolution)."""
+
+
+class StepTimeout(FusionInputError):
+    """A step (the oracle, the reference) that took longer than its time limit: the model is too slow to judge."""
+
+
+class TooLarge(FusionInputError):
+    """A model whose estimated memory needs exceed the limit: refused before anything is allocated."""

@@ -8,12 +8,14 @@ correct float32 evaluations of it may differ by that much.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
 
-from fusion.errors import FusionInputError
+from fusion.errors import FusionInputError, StepTimeout
 
 SYMBOLIC_BATCH = 1
 SYMBOLIC_SIDE = 64  # a multiple of 32: a network that downsamples five times still runs
@@ -97,13 +99,13 @@ def runnable(model: onnx.ModelProto) -> str | None:
     try:
         session(model)
     except Exception as exc:  # onnxruntime raises its own exception types
-        return _first_line(exc)
+        return first_line(exc)
     return None
 
 
-def _first_line(exc: Exception) -> str:
+def first_line(exc: BaseException) -> str:
     text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 def float_tensors(model: onnx.ModelProto) -> list[str]:
@@ -119,11 +121,12 @@ def float_tensors(model: onnx.ModelProto) -> list[str]:
 
 
 def activations(model: onnx.ModelProto, feeds: dict[str, np.ndarray], names: list[str], *,
-                inputs_help: str = "") -> dict[str, np.ndarray]:
+                inputs_help: str = "", timeout: float | None = None) -> dict[str, np.ndarray]:
     """The values of tensors ``names`` (graph inputs or intermediates) for ``feeds``, unfused, in float32.
 
     A tensor that turns out not to be float is left out. ``inputs_help`` is added to the error when onnxruntime
-    cannot run the model (which inputs are dynamic, and the flag that fixes them)."""
+    cannot run the model (which inputs are dynamic, and the flag that fixes them). ``timeout``: seconds before the
+    run is stopped (onnxruntime's terminate flag) with ``StepTimeout``."""
     wanted = [n for n in dict.fromkeys(names) if n not in feeds]
     exposed = onnx.ModelProto()
     exposed.CopyFrom(model)
@@ -131,12 +134,25 @@ def activations(model: onnx.ModelProto, feeds: dict[str, np.ndarray], names: lis
     for name in wanted:
         if name not in present:
             exposed.graph.output.append(onnx.ValueInfoProto(name=name))
+    options = ort.RunOptions()
+    timer = threading.Timer(timeout, lambda: setattr(options, "terminate", True)) if timeout else None
+    if timer:
+        timer.daemon = True
     try:
-        values = session(exposed).run(wanted, feeds) if wanted else []
+        loaded = session(exposed)
+        if timer:
+            timer.start()
+        values = loaded.run(wanted, feeds, options) if wanted else []
     except Exception as exc:  # onnxruntime raises its own exception types
+        if options.terminate:
+            raise StepTimeout(f"the oracle (onnxruntime, optimizations off) took longer than {timeout:g} s to run "
+                              "the model (--timeout)") from None
         shapes = ", ".join(f"{k}{list(v.shape)}" for k, v in feeds.items())
-        raise FusionInputError(f"onnxruntime cannot run the model with inputs {shapes}: {_first_line(exc)}"
+        raise FusionInputError(f"onnxruntime cannot run the model with inputs {shapes}: {first_line(exc)}"
                                + (f"; {inputs_help}" if inputs_help else "")) from None
+    finally:
+        if timer:
+            timer.cancel()
     result = {name: value for name, value in zip(wanted, values)
               if isinstance(value, np.ndarray) and value.dtype == np.float32}
     result.update({n: feeds[n] for n in names if n in feeds})
@@ -174,12 +190,12 @@ def perturbed(model: onnx.ModelProto, feeds: dict[str, np.ndarray], relative: fl
 
 
 def sensitivity(model: onnx.ModelProto, feeds: dict[str, np.ndarray], names: list[str], reference: dict,
-                *, relative: float, trials: int = 2, seed: int = 0) -> dict[str, float]:
+                *, relative: float, trials: int = 2, seed: int = 0, timeout: float | None = None) -> dict[str, float]:
     """Per tensor, the largest ``|perturbed - reference|`` over ``trials`` runs of ``perturbed`` models."""
     spread = {name: 0.0 for name in names if name in reference}
     for trial in range(trials):
         model_p, feeds_p = perturbed(model, feeds, relative, seed + 1000 + trial)
-        values = activations(model_p, feeds_p, list(spread))
+        values = activations(model_p, feeds_p, list(spread), timeout=timeout)
         for name in spread:
             moved = values.get(name)
             if moved is None or moved.shape != reference[name].shape:

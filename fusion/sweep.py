@@ -9,9 +9,11 @@ Every judged configuration is appended to ``judged.jsonl``, so a re-run with the
 
 from __future__ import annotations
 
+import fcntl
 import json
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from multiprocessing import get_context
 from pathlib import Path
@@ -185,13 +187,48 @@ def run(out: str | Path, engine, *, budget: int = 200, seed: int = 0, dims=(1, 2
     ``engine_name``: the ``--engine`` that re-checks a reproducer (``fusion.engines.registry``)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    journal = out / "judged.jsonl"
+    with _exclusive(out):
+        return _run_locked(out, engine, budget, seed, dims, tails, workers, dask_address, dask_client, shrink_budget,
+                           progress, engine_name)
+
+
+@contextmanager
+def _exclusive(out: Path):
+    """One campaign a folder at a time: a second ``fusion sweep --out`` on the same folder is refused."""
+    with open(out / ".lock", "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FusionInputError(f"another fusion sweep is writing {out}; give this one another --out") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _journal(journal: Path, seed: int, version: str) -> dict[int, Outcome]:
+    """The configurations already judged; a line cut short by a kill is skipped (that one is judged again)."""
     done: dict[int, Outcome] = {}
-    if journal.exists():
-        for line in journal.read_text().splitlines():
+    if not journal.exists():
+        return done
+    for line in journal.read_text(errors="replace").splitlines():
+        try:
             record = json.loads(line)
-            if record.get("seed") == seed and record.get("engine") == engine.version():
-                done[record["index"]] = Outcome(**record["outcome"])
+            outcome = Outcome(**record["outcome"])
+        except (ValueError, KeyError, TypeError):
+            continue
+        if record.get("seed") == seed and record.get("engine") == version:
+            done[record["index"]] = outcome
+    return done
+
+
+def _run_locked(out: Path, engine, budget, seed, dims, tails, workers, dask_address, dask_client, shrink_budget,
+                progress, engine_name) -> dict:
+    journal = out / "judged.jsonl"
+    done = _journal(journal, seed, engine.version())
+    if journal.exists() and journal.stat().st_size and not journal.read_bytes().endswith(b"\n"):
+        with open(journal, "a", encoding="utf-8") as log:
+            log.write("\n")  # end the line a kill cut short, so the next record starts on a line of its own
     todo = [i for i in range(budget) if i not in done]
     specs = {i: random_spec(seed, i, dims=dims, tails=tails) for i in todo}
     with open(journal, "a", encoding="utf-8") as log:

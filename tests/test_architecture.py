@@ -7,13 +7,14 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).parent.parent / "fusion"
 LAYERS = {
-    1: {"errors", "attrs", "affine", "reference", "fold", "known_wrong_folds", "compare", "diagnose", "files"},
+    1: {"errors", "attrs", "affine", "reference", "fold", "known_wrong_folds", "compare", "diagnose", "files",
+        "deadline"},
     2: {"kernels", "ops", "bounds", "winograd"},
     3: {"oracle"},
     4: {"graph"},
     5: {"engines"},
     6: {"check", "sweep", "bench", "report", "testing"},
-    7: {"cli", "__init__"},
+    7: {"cli", "__init__", "__main__"},
 }
 
 

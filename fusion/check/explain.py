@@ -17,6 +17,7 @@ from fusion import known_wrong_folds
 from fusion.affine import ChannelAffine, batch_norm_affine
 from fusion.bounds import exact_site, fold_bounds, fold_flush_allowance, site_bound
 from fusion.compare import Comparison, compare
+from fusion.deadline import within
 from fusion.diagnose import matching, per_channel, scale_sources
 from fusion.engines.base import EngineParams
 from fusion.fold import fold_affine, output_channel_view
@@ -91,7 +92,12 @@ class SiteExpectation:
                          self.w_bound, self.b_bound, relu=True)
 
 
-def expectation(site: Site, x: np.ndarray) -> SiteExpectation:
+def expectation(site: Site, x: np.ndarray, timeout: float | None = None) -> SiteExpectation:
+    """The site's float64 reference on ``x``, its bound, and the fold; ``StepTimeout`` past ``timeout`` s."""
+    return within(timeout, f"the float64 reference of site {site.label}", _expectation, site, x)
+
+
+def _expectation(site: Site, x: np.ndarray) -> SiteExpectation:
     conv = site.convolve(x, site.w, site.b)
     expected, bound = exact_site(x, site.w, site.b, site.affine, transposed=site.transposed, convolution=conv,
                                  **site.attributes)

@@ -23,6 +23,7 @@ from fusion.check.verdicts import ModelReport, SiteVerdict
 from fusion.engines.base import Engine, EngineFailure
 from fusion.errors import FusionInputError
 from fusion.graph import build
+from fusion.graph.memory import DEFAULT_LIMIT, estimate, refuse_beyond
 from fusion.graph.model import Graph, load
 from fusion.graph.sites import Site, find_sites
 from fusion.oracle import activations, dynamic_inputs, input_shapes, random_feeds
@@ -75,14 +76,14 @@ def judge_params_into(verdict: SiteVerdict, site: Site, ref: SiteExpectation, en
 
 
 def judge_site(site: Site, x: np.ndarray, engine: Engine, prepare: Callable[[int], object],
-               runs: int = 2) -> SiteVerdict:
+               runs: int = 2, timeout: float | None = None) -> SiteVerdict:
     """Judge one site on activation ``x``; ``prepare(run)`` returns the engine's converted model for run ``run``
     (1, 2, ...): a conversion of its own each, unless the model was given converted.
 
     The site is converted and run ``runs`` times on the same input: an output that changes from run to run is
     reported as such, and judged by its worst run, rather than passing or failing by chance."""
     verdict = blank_verdict(site)
-    ref = expectation(site, x)
+    ref = expectation(site, x, timeout)
     try:
         prepared = prepare(1)
     except EngineFailure as failure:
@@ -132,12 +133,14 @@ def judge_site(site: Site, x: np.ndarray, engine: Engine, prepare: Callable[[int
 
 def check_sites(model_path, engine: Engine, *, converted=None, seed: int = 0, workdir=None,
                 progress: Callable[[int, int], None] | None = None, model: onnx.ModelProto | None = None,
-                name: str | None = None, runs: int = 2, shapes: dict | None = None) -> ModelReport:
+                name: str | None = None, runs: int = 2, shapes: dict | None = None, timeout: float | None = 120.0,
+                max_memory: int | None = DEFAULT_LIMIT) -> ModelReport:
     """Judge every site of the ONNX model at ``model_path`` (or ``model``), each cut out and converted alone.
 
     ``converted``: the user's own converted model, cut at the same tensors instead of converting each site;
     ``runs``: conversions and runs of each site on the same input (``judge_site``); ``shapes``: sizes for the
-    graph inputs' dynamic dimensions. Raises ``FusionInputError`` for bad input.
+    graph inputs' dynamic dimensions; ``timeout``, ``max_memory``: as for ``check``. Raises ``FusionInputError``
+    for bad input.
     """
     if runs < 1:
         raise FusionInputError(f"runs must be at least 1, got {runs}")
@@ -147,8 +150,10 @@ def check_sites(model_path, engine: Engine, *, converted=None, seed: int = 0, wo
     sites = find_sites(model, notes)
     graph = Graph(model)
     concrete = input_shapes(model, graph.inputs, shapes)
+    refuse_beyond(estimate(model, concrete), max_memory, f"checking {name or model_path}")
     feeds = random_feeds(concrete, seed)
-    values = activations(model, feeds, [site.input_name for site in sites], inputs_help=shape_help(graph.inputs))
+    values = activations(model, feeds, [site.input_name for site in sites], inputs_help=shape_help(graph.inputs),
+                         timeout=timeout)
     with tempfile.TemporaryDirectory(prefix="fusion-check-") as scratch:
         workdir = Path(workdir or scratch)
         whole = None
@@ -170,7 +175,7 @@ def check_sites(model_path, engine: Engine, *, converted=None, seed: int = 0, wo
                 onnx.save(build.cut_site(site, model, x.shape), path)
                 return engine.prepare(path, folder)
 
-            verdicts.append(judge_site(site, x, engine, prepare, runs))
+            verdicts.append(judge_site(site, x, engine, prepare, runs, timeout))
             if progress:
                 progress(number + 1, len(sites))
     return ModelReport(name or str(model_path), engine.version(), verdicts, time.perf_counter() - started, seed,

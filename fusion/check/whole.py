@@ -36,6 +36,7 @@ from fusion.engines.base import Engine, EngineFailure
 from fusion.errors import FusionInputError
 from fusion.graph import build
 from fusion.graph.local import ENGINE_PREFIX, computed_from
+from fusion.graph.memory import DEFAULT_LIMIT, estimate, refuse_beyond
 from fusion.graph.model import Graph, load
 from fusion.graph.nodes import node_label
 from fusion.graph.sites import Site, find_sites
@@ -57,8 +58,10 @@ class Run:
 class WholeModelJudge:
     """One check of one model against one engine; ``report`` is filled in by ``judge``."""
 
-    def __init__(self, model: onnx.ModelProto, engine: Engine, report: ModelReport, feeds: dict, workdir: Path):
+    def __init__(self, model: onnx.ModelProto, engine: Engine, report: ModelReport, feeds: dict, workdir: Path,
+                 timeout: float | None = None):
         self.model, self.engine, self.report, self.feeds, self.workdir = model, engine, report, feeds, workdir
+        self.timeout = timeout  # of each oracle run and each site's reference
         self.graph = Graph(model)
         self.sites = find_sites(model, [])
         self.outputs = [o.name for o in model.graph.output]
@@ -68,9 +71,23 @@ class WholeModelJudge:
     # -- the oracle -------------------------------------------------------------------------------------------
     def run_oracle(self, help_text: str, seed: int) -> None:
         names = float_tensors(self.model) + self.outputs
-        self.oracle = activations(self.model, self.feeds, names, inputs_help=help_text)
+        self.oracle = activations(self.model, self.feeds, names, inputs_help=help_text, timeout=self.timeout)
         self.spread = sensitivity(self.model, self.feeds, list(self.oracle), self.oracle, relative=PERTURBATION,
-                                  seed=seed)
+                                  seed=seed, timeout=self.timeout)
+        self._non_finite_outputs()
+
+    def _non_finite_outputs(self) -> None:
+        """NaN or Inf in the oracle's graph outputs: said in a note (those elements are judged only on matching
+        NaN-ness and sign), refused when no output holds a finite value to judge."""
+        counts = {o: int(np.count_nonzero(~np.isfinite(self.oracle[o]))) for o in self.outputs if o in self.oracle}
+        bad = {o: n for o, n in counts.items() if n}
+        if bad and all(n == self.oracle[o].size for o, n in counts.items()):
+            raise FusionInputError("every graph output of the unfused model is NaN or Inf on random inputs "
+                                   f"({', '.join(bad)}): there is no finite value to judge a converted model by")
+        for name, count in bad.items():
+            self.report.notes.append(f"graph output {name!r}: {count} of {self.oracle[name].size} values are NaN or "
+                                     "Inf in the unfused model itself; there the converted model must give the same "
+                                     "non-finite value, the rest is judged within tolerance")
 
     # -- the engine -------------------------------------------------------------------------------------------
     def convert_and_run(self, prepare: Callable[[int], object], runs: int, converted_again: bool) -> Run | None:
@@ -162,8 +179,9 @@ class WholeModelJudge:
         feeds = dict(self.feeds)
         feeds.update({ENGINE_PREFIX + n: run.values[n] for n in given})
         try:
-            local = activations(local_model, feeds, self.watched)
-            spread = sensitivity(local_model, feeds, list(local), local, relative=PERTURBATION, seed=seed + 7)
+            local = activations(local_model, feeds, self.watched, timeout=self.timeout)
+            spread = sensitivity(local_model, feeds, list(local), local, relative=PERTURBATION, seed=seed + 7,
+                                 timeout=self.timeout)
             self.local = local
         except FusionInputError as error:
             self.report.notes.append(f"stage-by-stage check not possible, tensors judged in context only: {error}")
@@ -195,7 +213,10 @@ class WholeModelJudge:
             self.mark_downstream(report.first_wrong, checks)
         outputs = [checks[o] for o in self.outputs if o in checks]
         outputs += [TensorCheck(o, o, 0.0, float("inf"), 0.0, 0.0, False, shape="missing from the converted model")
-                    for o in self.outputs if o not in checks and o in self.oracle]
+                    for o in self.outputs if o not in checks and o in self.oracle and o not in self.feeds]
+        passed_through = [o for o in self.outputs if o in self.feeds]
+        if passed_through:
+            report.notes.append(f"graph output(s) {passed_through} are graph inputs passed through: not compared")
         other = [o for o in self.outputs if o not in self.oracle]
         if other:
             report.notes.append(f"graph output(s) {other} are not float32: not compared (the float tensors that "
@@ -220,7 +241,7 @@ class WholeModelJudge:
             verdict.notes.append(f"the converted model has no tensor {site.output_name!r}: the converter merged the "
                                  "site with what follows; it is judged through the tensors after it")
         if x is None:  # the converter merged the site with what comes before it
-            ref = expectation(site, self.oracle[site.input_name])
+            ref = expectation(site, self.oracle[site.input_name], self.timeout)
             if read_from is not None:
                 verdict.notes.append(f"the converted model has no tensor {site.input_name!r} (the site's input): "
                                      "judged as one stage with what computes it")
@@ -230,7 +251,7 @@ class WholeModelJudge:
                     verdict.explanations.append(f"wrong on its stage's inputs: {stage.summary()}")
                     verdict.codes.append(Code.WRONG_VALUES.value)
         else:
-            ref = expectation(site, np.asarray(x, np.float32))
+            ref = expectation(site, np.asarray(x, np.float32), self.timeout)
             if read_from is not None:
                 if read_from != site.output_name:
                     ref = ref.after_relu()
@@ -353,11 +374,14 @@ class WholeModelJudge:
 
 def check(model_path, engine: Engine, *, converted=None, seed: int = 0, workdir=None,
           model: onnx.ModelProto | None = None, name: str | None = None, runs: int = 2, shapes: dict | None = None,
-          explain: bool = True, progress: Callable[[int, int], None] | None = None) -> ModelReport:
+          explain: bool = True, progress: Callable[[int, int], None] | None = None, timeout: float | None = 120.0,
+          max_memory: int | None = DEFAULT_LIMIT) -> ModelReport:
     """Judge the ONNX model at ``model_path`` (or ``model``) as ``engine`` converts it whole (or as the user's own
     ``converted`` file has it): graph outputs, every site inside it, and the culprit.
 
     ``runs``: conversions and runs of the whole model on the same input (a converted file: runs of it);
+    ``timeout``: seconds for each oracle run and each site's reference (the engine's steps have the engine's own);
+    ``max_memory``: bytes a check may need (``fusion.graph.memory``), refused with ``TooLarge`` beyond;
     ``shapes``: sizes for dynamic input dimensions; ``explain``: convert the culprit site alone as well.
     Raises ``FusionInputError`` for bad input.
     """
@@ -370,12 +394,13 @@ def check(model_path, engine: Engine, *, converted=None, seed: int = 0, workdir=
     find_sites(model, skipped)  # bad attributes fail here, before anything runs
     graph = Graph(model)
     concrete = input_shapes(model, graph.inputs, shapes)
+    refuse_beyond(estimate(model, concrete), max_memory, f"checking {name or model_path}")
     feeds = random_feeds(concrete, seed)
     report = ModelReport(name or str(model_path), engine.version(), [], 0.0, seed, notes=notes + skipped,
                          input_shapes=concrete)
     with tempfile.TemporaryDirectory(prefix="fusion-check-") as scratch:
         workdir = Path(workdir or scratch)
-        judge = WholeModelJudge(model, engine, report, feeds, workdir)
+        judge = WholeModelJudge(model, engine, report, feeds, workdir, timeout)
         judge.run_oracle(shape_help(graph.inputs), seed)
         source = Path(model_path) if model_path is not None else workdir / "model.onnx"
         if model_path is None:
@@ -426,7 +451,7 @@ def explain_alone(judge: WholeModelJudge, report: ModelReport, workdir: Path) ->
         onnx.save(build.cut_site(site, judge.model, x.shape), path)
         return judge.engine.prepare(path, folder)
 
-    alone = judge_site(site, x, judge.engine, prepare, runs=1)
+    alone = judge_site(site, x, judge.engine, prepare, runs=1, timeout=judge.timeout)
     verdict = report.sites[site.index]
     if alone.status == "pass":
         line = ("converted alone, the site computes right on the oracle's input: the defect shows only inside the "

@@ -16,9 +16,11 @@ from onnx import numpy_helper
 
 from fusion.bounds import exact_site
 from fusion.compare import Comparison, compare
-from fusion.oracle import activations, input_shapes, random_feeds, session
+from fusion.deadline import within
+from fusion.oracle import activations, input_shapes, random_feeds
 from fusion.fold import fold_affine
 from fusion.graph import build
+from fusion.graph.memory import DEFAULT_LIMIT, estimate, refuse_beyond
 from fusion.graph.model import Graph
 from fusion.graph.nodes import node_label
 from fusion.graph.sites import Site, find_sites
@@ -84,7 +86,7 @@ def fuse_model(model: onnx.ModelProto) -> tuple[onnx.ModelProto, FuseReport, lis
     _drop_unused_initializers(fused)
     try:
         onnx.checker.check_model(model)
-    except onnx.checker.ValidationError:
+    except Exception:  # ValidationError, or worse on a damaged string field
         return fused, report, folded_sites  # a technicality the input had already (load() said so)
     onnx.checker.check_model(fused)
     return fused, report, folded_sites
@@ -94,8 +96,17 @@ def id_of(node: onnx.NodeProto) -> tuple:
     return (node.op_type, node.name, tuple(node.input), tuple(node.output))
 
 
+def _all_nodes(graph: onnx.GraphProto):
+    """The nodes of ``graph`` and of every subgraph inside it (If, Loop, Scan bodies read outer names)."""
+    for node in graph.node:
+        yield node
+        for attribute in node.attribute:
+            for sub in ([attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else list(attribute.graphs)):
+                yield from _all_nodes(sub)
+
+
 def _drop_unused_initializers(model: onnx.ModelProto) -> None:
-    used = {name for node in model.graph.node for name in node.input} | {o.name for o in model.graph.output}
+    used = {name for node in _all_nodes(model.graph) for name in node.input} | {o.name for o in model.graph.output}
     dropped = {t.name for t in model.graph.initializer if t.name not in used}
     kept = [t for t in model.graph.initializer if t.name in used]
     del model.graph.initializer[:]
@@ -107,24 +118,35 @@ def _drop_unused_initializers(model: onnx.ModelProto) -> None:
 
 
 def verify(original: onnx.ModelProto, fused: onnx.ModelProto, sites: list[Site], *, seed: int = 0,
-           report: FuseReport) -> list[Comparison]:
-    """Judge every folded site of ``fused`` (run by onnxruntime) against the original's reference, in bound."""
+           report: FuseReport, timeout: float | None = None, max_memory: int | None = DEFAULT_LIMIT
+           ) -> list[Comparison]:
+    """Judge every folded site of ``fused`` (run by onnxruntime) against the original's reference, in bound.
+
+    ``timeout``: seconds for each onnxruntime run and each site's reference; ``max_memory``: bytes the
+    verification may need (``fusion.graph.memory``), refused with ``TooLarge`` beyond."""
     graph = Graph(original)
-    feeds = random_feeds(input_shapes(original, graph.inputs), seed)
-    values = activations(original, feeds, [s.input_name for s in sites])
+    shapes = input_shapes(original, graph.inputs)
+    refuse_beyond(estimate(original, shapes), max_memory, "verifying the fused model")
+    feeds = random_feeds(shapes, seed)
+    values = activations(original, feeds, [s.input_name for s in sites], timeout=timeout)
     fused_sites = {s.conv_output if s.affine is None else s.output_name: s for s in find_sites(fused)}
     results = []
     for site, entry in zip(sites, report.folded):
         x = values[site.input_name]
-        exact, bound = exact_site(x, site.w, site.b, site.affine, transposed=site.transposed, **site.attributes)
+        exact, bound = within(timeout, f"the float64 reference of site {site.label}", exact_site, x, site.w, site.b,
+                              site.affine, transposed=site.transposed, **site.attributes)
         folded = fused_sites[site.output_name]
         cut = build.cut_site(folded, fused, x.shape)
-        actual = session(cut).run(None, {site.input_name: x})[0]
+        actual = activations(cut, {site.input_name: x}, [cut.graph.output[0].name], timeout=timeout)[
+            cut.graph.output[0].name]
         result = compare(actual, exact, bound=bound)
         entry.update(passed=result.passed, comparison=result.summary())
         report.verified &= result.passed
         results.append(result)
-    before = session(original).run(None, feeds)
-    after = session(fused).run(None, feeds)
-    report.output_diff_max = float(max((np.abs(a - b).max() for a, b in zip(before, after)), default=0.0))
+    outputs = [o.name for o in original.graph.output]
+    before = activations(original, feeds, outputs, timeout=timeout)
+    after = activations(fused, feeds, outputs, timeout=timeout)
+    with np.errstate(invalid="ignore"):
+        report.output_diff_max = float(max((np.abs(before[n] - after[n]).max(initial=0.0) for n in before
+                                            if n in after and before[n].shape == after[n].shape), default=0.0))
     return results

@@ -12,10 +12,10 @@ import os
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+from onnx import external_data_helper, numpy_helper
 
 from fusion.errors import FusionInputError
-from fusion.oracle import runnable
+from fusion.oracle import first_line, runnable
 
 
 def load(path: str | os.PathLike, notes: list[str] | None = None) -> onnx.ModelProto:
@@ -29,20 +29,34 @@ def load(path: str | os.PathLike, notes: list[str] | None = None) -> onnx.ModelP
         data = handle.read()
     try:
         model = onnx.load_from_string(data)
-    except Exception as exc:  # protobuf raises its own DecodeError types
-        raise FusionInputError(f"{path} is not an ONNX model ({type(exc).__name__}: {exc})") from None
+    except Exception as exc:  # protobuf raises its own DecodeError types, and worse on damaged bytes
+        raise FusionInputError(f"{path} is not an ONNX model ({type(exc).__name__}: {first_line(exc)})") from None
     if not model.graph.node:
         raise FusionInputError(f"{path} is not an ONNX model with a graph (no nodes found)")
+    if not model.graph.output:
+        raise FusionInputError(f"{path} declares no graph outputs: there is nothing to judge")
+    if any(uses_external_data(t) for t in external_tensors(model)):
+        try:  # onnx refuses locations outside the model's folder and reads no more than the file holds
+            external_data_helper.load_external_data_for_model(model, os.path.dirname(os.path.abspath(path)))
+        except Exception as exc:
+            raise FusionInputError(f"{path}: its external data cannot be read ({first_line(exc)})") from None
+    _decode_constants(model, path)
     try:
         onnx.checker.check_model(model)
-    except onnx.checker.ValidationError as exc:
-        first = str(exc).strip().splitlines()[0]
-        refused = runnable(model)
-        if refused is not None:
-            raise FusionInputError(f"{path} fails the ONNX checker ({first}) and onnxruntime cannot load it "
-                                   f"({refused})") from None
-        if notes is not None:
-            notes.append(f"the ONNX checker rejects the model ({first}); onnxruntime runs it, so it is judged")
+        checked = None
+    except Exception as exc:  # ValidationError, and UnicodeDecodeError on a damaged string field
+        checked = first_line(exc)
+    refused = runnable(model)
+    if refused is not None:
+        reason = f"fails the ONNX checker ({checked}) and onnxruntime" if checked else "passes the ONNX checker " \
+            "but onnxruntime"
+        raise FusionInputError(f"{path} {reason} cannot load it ({refused})") from None
+    nested = [n for n in _subgraph_nodes(model.graph) if n.op_type in ("Conv", "ConvTranspose")]
+    if nested and notes is not None:
+        notes.append(f"{len(nested)} Conv/ConvTranspose node(s) inside If/Loop/Scan bodies are not judged as sites "
+                     "(only the graph outputs they feed are compared)")
+    if checked and notes is not None:
+        notes.append(f"the ONNX checker rejects the model ({checked}); onnxruntime runs it, so it is judged")
     if notes is not None:
         listed = inputs_with_initializers(model)
         if listed:
@@ -50,6 +64,44 @@ def load(path: str | os.PathLike, notes: list[str] | None = None) -> onnx.ModelP
                          "exporters): judged as constants with their stored values, as onnxruntime runs them when "
                          "they are not fed")
     return model
+
+
+def _subgraph_nodes(graph: onnx.GraphProto, inside: bool = False):
+    for node in graph.node:
+        if inside:
+            yield node
+        for attribute in node.attribute:
+            for sub in ([attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else list(attribute.graphs)):
+                yield from _subgraph_nodes(sub, True)
+
+
+def external_tensors(model: onnx.ModelProto):
+    yield from model.graph.initializer
+    for node in model.graph.node:
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.TENSOR:
+                yield attribute.t
+
+
+def uses_external_data(tensor: onnx.TensorProto) -> bool:
+    return tensor.data_location == onnx.TensorProto.EXTERNAL
+
+
+def _decode_constants(model: onnx.ModelProto, path: str) -> None:
+    """Every initializer and Constant value must decode to an array of its declared shape."""
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            try:
+                _constant_value(node)
+            except Exception as exc:  # numpy_helper raises ValueError, TypeError or its own
+                raise FusionInputError(f"{path}: the value of Constant node {node.name or node.output[0]!r} cannot "
+                                       f"be read ({first_line(exc)})") from None
+    for tensor in model.graph.initializer:
+        try:
+            numpy_helper.to_array(tensor)
+        except Exception as exc:
+            raise FusionInputError(f"{path}: initializer {tensor.name!r} (dims {list(tensor.dims)}) cannot be read "
+                                   f"({first_line(exc)})") from None
 
 
 def inputs_with_initializers(model: onnx.ModelProto) -> list[str]:
