@@ -23,15 +23,37 @@ import numpy as np
 
 from fusion.errors import FusionInputError
 from fusion.files import write_atomic
-from fusion.graph.build import SiteSpec, build
+from fusion.graph.build import CONSTANT_SHAPES, CONV_OUTPUT_USES, PARAMS_VIA, SiteSpec, build, constant_shape
 from fusion.fold import output_channels
 from fusion.graph import space
 from fusion.graph.sites import TAILS
 
 
-def random_spec(seed: int, index: int, *, dims=(1, 2, 3), tails=TAILS) -> SiteSpec:
+def random_spec(seed: int, index: int, *, dims=(1, 2, 3), tails=TAILS, contexts: bool = True) -> SiteSpec:
     """Configuration ``index`` of campaign ``seed`` (``fusion.graph.space`` with ``space.SWEEP``, plus a tail, a bias
-    or not, and BN's epsilon): the same arguments always give the same configuration."""
+    or not, and BN's epsilon): the same arguments always give the same configuration. ``contexts``: also draw the
+    context around the site (``with_context``)."""
+    spec = _random_site(seed, index, dims, tails)
+    return with_context(spec, np.random.default_rng([seed, index, 1])) if contexts else spec
+
+
+def with_context(spec: SiteSpec, rng) -> SiteSpec:
+    """``spec`` with a drawn context: Mul/Add constants of every broadcast shape (``build.CONSTANT_SHAPES``), the
+    conv's output also a graph output or read by a second node, the tail's parameters through ``Constant`` or
+    ``Identity`` nodes. A separate generator: the site itself is the one drawn without a context."""
+    if spec.tail == "none":
+        return spec
+    shape = "channel"
+    if spec.tail in ("mul", "mul_add", "add"):
+        shape = str(rng.choice(CONSTANT_SHAPES, p=[0.5, 0.1, 0.1, 0.12, 0.06, 0.12]))
+        if shape == "leading" and spec.input_shape[0] > 1:
+            shape = "channel"  # (C, 1, 1, 1) against a batch of N > 1 broadcasts only when N == C
+    use = str(rng.choice(CONV_OUTPUT_USES, p=[0.8, 0.1, 0.1]))
+    via = str(rng.choice(PARAMS_VIA, p=[0.7, 0.15, 0.15]))
+    return replace(spec, constant_shape=shape, conv_output_use=use, params_via=via)
+
+
+def _random_site(seed: int, index: int, dims, tails) -> SiteSpec:
     rng = np.random.default_rng([seed, index])
     while True:
         transposed = rng.random() < 0.8
@@ -79,6 +101,8 @@ def judge(spec: SiteSpec, engine, index: int = -1) -> Outcome:
     try:
         # one engine run per configuration: a campaign spends the repeat run of ``fusion check`` on more
         # configurations instead
+        if not whole_free(spec):
+            return _judge_whole(spec, engine, index, started)
         report = check_sites(None, engine, model=build(spec), name=spec.name, runs=1)
     except Exception as error:  # one configuration must never end a campaign: record it, and it is ours to fix
         explanations = [f"fusion could not judge this configuration: {type(error).__name__}: {error}"]
@@ -87,6 +111,35 @@ def judge(spec: SiteSpec, engine, index: int = -1) -> Outcome:
     site = report.sites[0]
     return Outcome(index, spec.to_dict(), site.status, list(signature(site.codes, site.failures)), site.explanations,
                    site.notes, time.perf_counter() - started)
+
+
+def whole_free(spec: SiteSpec) -> bool:
+    """True when the configuration is judged cut out (``fusion check --sites``); else its context needs the whole
+    model converted (``fusion check``)."""
+    return spec.plain_context
+
+
+def _judge_whole(spec: SiteSpec, engine, index: int, started: float) -> Outcome:
+    """A configuration whose context matters (a broadcast constant, a second reader of the conv's output, parameters
+    through nodes) is judged as ``fusion check`` judges a user's model: converted whole."""
+    from fusion.check import check
+
+    try:
+        report = check(None, engine, model=build(spec), name=spec.name, runs=1, explain=False)
+    except FusionInputError as error:  # the oracle itself cannot run it (onnxruntime's own limits): no verdict
+        return Outcome(index, spec.to_dict(), "unjudged", [], [str(error)], [], time.perf_counter() - started)
+    codes = [code for site in report.sites for code in site.codes] + [f["code"] for f in report.failures
+                                                                      if "code" in f]
+    failures = [f for site in report.sites for f in site.failures] + [f for f in report.failures if "kind" in f]
+    explanations = list(report.explanations) + (report.first_wrong.explanations if report.first_wrong else []) + \
+        [e for site in report.sites for e in site.explanations]
+    wrong = [o for o in (report.whole_model.outputs if report.whole_model else []) if not o.passed]
+    if not report.passed and not codes and not failures:  # a graph output wrong with no site to blame
+        codes = ["wrong_output_shape" if any(o.shape for o in wrong) else "wrong_output"]
+        explanations += [f"output {o.name}: {o.summary()}" for o in wrong]
+    notes = list(report.notes) + [n for site in report.sites for n in site.notes]
+    return Outcome(index, spec.to_dict(), "pass" if report.passed else "fail", list(signature(codes, failures)),
+                   explanations, notes, time.perf_counter() - started)
 
 
 def _simpler(spec: SiteSpec):
@@ -101,6 +154,9 @@ def _simpler(spec: SiteSpec):
 
     if spec.tail != "none":  # whether the tail matters is for the shrinker to find out
         yield replace(spec, tail="none")
+    for name, plain in (("constant_shape", "channel"), ("conv_output_use", "single"), ("params_via", "initializer")):
+        if getattr(spec, name) != plain:
+            yield replace(spec, **{name: plain})
     yield replace(spec, input_shape=(1,) + spec.input_shape[1:])
     for group in sorted({g for g in (1, 2) if g < spec.group}):
         yield replace(spec, group=group, input_shape=(spec.input_shape[0], c_in_g * group) + spec.input_shape[2:],
@@ -171,6 +227,13 @@ def essentials(spec: SiteSpec) -> list[str]:
         found.append(f"{name}={value}")
     if spec.tail == "bn" and spec.bn_epsilon is None:
         found.append("BN epsilon attribute absent")
+    if spec.constant_shape != "channel" and spec.tail in ("mul", "mul_add", "add"):
+        shape = constant_shape(spec.constant_shape, spec.c_out, len(spec.kernel_shape), spec.geometry().output_shape)
+        found.append(f"Mul/Add constants shaped {spec.constant_shape} {list(shape)}")
+    if spec.conv_output_use != "single" and spec.tail != "none":
+        found.append(f"conv output: {spec.conv_output_use.replace('_', ' ')}")
+    if spec.params_via != "initializer" and spec.tail != "none":
+        found.append(f"tail parameters through {spec.params_via} nodes")
     found.append("bias" if spec.bias else "no bias")
     return found
 
@@ -230,7 +293,9 @@ def _run_locked(out: Path, engine, budget, seed, dims, tails, workers, dask_addr
         with open(journal, "a", encoding="utf-8") as log:
             log.write("\n")  # end the line a kill cut short, so the next record starts on a line of its own
     todo = [i for i in range(budget) if i not in done]
-    specs = {i: random_spec(seed, i, dims=dims, tails=tails) for i in todo}
+    # an engine that converts one site alone (the planted test engines) is given sites without a context
+    contexts = getattr(engine, "converts_whole_models", True)
+    specs = {i: random_spec(seed, i, dims=dims, tails=tails, contexts=contexts) for i in todo}
     with open(journal, "a", encoding="utf-8") as log:
         def record(outcome: Outcome):
             done[outcome.index] = outcome
@@ -300,10 +365,13 @@ def _report(out: Path, engine, seed: int, budget: int, outcomes: list[Outcome], 
             "tails": sorted({m.spec["tail"] for m in members}),
             "attributes_that_matter": essentials(minimal), "minimal": minimal.to_dict(),
             "shrink_judgements": cache[cache_key]["spent"], "reproducer": str(path),
-            "command": f"fusion check --sites {path}" + (f" --engine {engine_name}" if engine_name else ""), "indices": [m.index for m in members][:50],
+            "command": f"fusion check {'--sites ' if whole_free(minimal) else ''}{path}"
+                       + (f" --engine {engine_name}" if engine_name else ""),
+            "indices": [m.index for m in members][:50],
         })
     report = {"engine": engine.version(), "seed": seed, "budget": budget, "judged": len(outcomes),
               "passed": sum(o.status == "pass" for o in outcomes), "failed": sum(o.status == "fail" for o in outcomes),
+              "unjudged": sum(o.status == "unjudged" for o in outcomes),
               "judge_seconds": sum(o.seconds for o in outcomes), "groups": entries}
     write_atomic(out / "report.json", json.dumps(report, indent=2) + "\n")
     write_atomic(out / "report.md", markdown(report))
@@ -313,7 +381,8 @@ def _report(out: Path, engine, seed: int, budget: int, outcomes: list[Outcome], 
 def markdown(report: dict) -> str:
     lines = [f"# fusion sweep against {report['engine']}", "",
              f"Seed {report['seed']}: {report['judged']} configurations judged, {report['passed']} passed, "
-             f"{report['failed']} failed, in {len(report['groups'])} groups.", ""]
+             f"{report['failed']} failed, in {len(report['groups'])} groups; {report.get('unjudged', 0)} not judged "
+             "(onnxruntime, the oracle, cannot run them).", ""]
     for group in report["groups"]:
         lines += [f"## Group {group['group']}: {group['count']} configuration(s): {group['op']} "
                   f"{group['rank']}-D (tails seen: {', '.join(group['tails'])})", "",

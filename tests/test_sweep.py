@@ -89,3 +89,35 @@ def test_local_processes_and_dask_give_the_same_findings(tmp_path):
         remote = sweep.run(tmp_path / "dask", engine, budget=40, seed=7, dims=(2,), dask_client=client)
     strip = lambda r: [(g["signature"], g["count"], g["minimal"]) for g in r["groups"]]  # noqa: E731
     assert strip(local) == strip(remote) and local["failed"] == remote["failed"] > 0
+
+
+def test_contexts_cover_every_broadcast_shape_second_reader_and_parameter_route():
+    from fusion.graph.build import CONSTANT_SHAPES, CONV_OUTPUT_USES, PARAMS_VIA
+
+    specs = [sweep.random_spec(5, i) for i in range(600)]
+    assert {s.constant_shape for s in specs} == set(CONSTANT_SHAPES)
+    assert {s.conv_output_use for s in specs} == set(CONV_OUTPUT_USES)
+    assert {s.params_via for s in specs} == set(PARAMS_VIA)
+    assert all(s.constant_shape == "channel" for s in specs if s.tail in ("none", "bn"))
+    # the site is the one drawn without a context: the context comes from a generator of its own
+    plain = sweep.random_spec(5, 7, contexts=False)
+    assert sweep.random_spec(5, 7).op == plain.op and sweep.random_spec(5, 7).input_shape == plain.input_shape
+
+
+def test_context_configurations_are_judged_whole_and_pass_on_a_correct_optimizer():
+    """onnxruntime's basic optimizer folds only what is per-channel: a configuration whose constant broadcasts along
+    another axis, whose conv output is read twice or whose parameters come through nodes must pass."""
+    from fusion.engines.registry import make
+
+    engine = make("onnxruntime-basic")
+    judged = []
+    for index in range(200):
+        spec = sweep.random_spec(0, index)
+        if sweep.whole_free(spec) or "auto_pad" in spec.attributes:
+            continue
+        outcome = sweep.judge(spec, engine, index)
+        judged.append((spec.constant_shape, spec.conv_output_use, spec.params_via))
+        assert outcome.status == "pass", (spec, outcome.explanations)
+        if len(judged) == 8:
+            break
+    assert len(judged) == 8 and len({j[0] for j in judged}) >= 2

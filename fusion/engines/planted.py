@@ -34,6 +34,7 @@ class PlantedModel:
 
 class PlantedEngine:
     name = "planted"
+    converts_whole_models = False  # one site a model: a sweep gives it sites without a context
 
     def __init__(self, defect: str = "legacy_fold", *, rank: int = 2):
         if defect not in DEFECTS:

@@ -20,10 +20,12 @@ OPSET = 17
 
 
 def _model(input_name: str, input_shape, nodes, constants: dict, output_name: str, output_shape,
-           name: str) -> onnx.ModelProto:
+           name: str, more_outputs: tuple[str, ...] = (), more_shape=None) -> onnx.ModelProto:
+    """``more_outputs``: further graph outputs, each of shape ``more_shape``."""
     graph = helper.make_graph(
         nodes, name or "site", [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, list(input_shape))],
-        [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, list(output_shape))],
+        [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, list(output_shape))]
+        + [helper.make_tensor_value_info(extra, TensorProto.FLOAT, list(more_shape)) for extra in more_outputs],
         [numpy_helper.from_array(np.asarray(value, np.float32), key) for key, value in constants.items()])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="fusion")
     model.ir_version = min(model.ir_version, 9)  # readable by older runtimes and converters
@@ -53,7 +55,12 @@ class SiteSpec:
     """A generated single-site model: one Conv/ConvTranspose with an optional tail, random parameters.
 
     ``attributes`` uses ONNX names (strides, pads, dilations, output_padding, output_shape, auto_pad);
-    ``tail`` is one of none, bn, mul_add (Mul then Add), mul, add.
+    ``tail`` is one of none, bn, mul_add (Mul then Add), mul, add. The context a converter must respect:
+    ``constant_shape`` is how the Mul/Add constants are shaped (``CONSTANT_SHAPES``: only ``channel``,
+    ``channel_short`` and ``scalar`` are per-channel under ONNX broadcasting); ``conv_output_use`` says whether the
+    conv's output is read by the tail alone (``single``), is a graph output too (``graph_output``) or feeds a second
+    node (``second_consumer``, a Relu whose output is a graph output); ``params_via`` is how the tail's parameters
+    reach it (initializers, ``Constant`` nodes, or initializers through ``Identity`` nodes).
     """
 
     op: str
@@ -67,6 +74,16 @@ class SiteSpec:
     seed: int = 0
     name: str = ""
     bn_epsilon: float | None = 1e-5  # None: the BatchNormalization has no epsilon attribute (ONNX default 1e-5)
+    constant_shape: str = "channel"
+    conv_output_use: str = "single"
+    params_via: str = "initializer"
+
+    @property
+    def plain_context(self) -> bool:
+        """True when the site can be judged cut out: no tail, or per-channel constants held in initializers and the
+        conv's output read by its tail alone."""
+        return self.tail == "none" or (self.constant_shape in ("channel", "channel_short", "scalar")
+                                       and self.conv_output_use == "single" and self.params_via == "initializer")
 
     @property
     def transposed(self) -> bool:
@@ -97,6 +114,21 @@ class SiteSpec:
         return cls(**data)
 
 
+CONSTANT_SHAPES = ("channel", "channel_short", "scalar", "last_axis", "leading", "width")
+CONV_OUTPUT_USES = ("single", "graph_output", "second_consumer")
+PARAMS_VIA = ("initializer", "constant", "identity")
+
+
+def constant_shape(kind: str, channels: int, rank: int, output_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape of a Mul/Add constant of ``kind`` on a ``(N, C, *S)`` tensor of spatial ``output_shape``:
+    ``channel`` (1, C, 1...), ``channel_short`` (C, 1...) (per channel too), ``scalar`` (), ``last_axis`` (S[-1],)
+    (broadcast along the last axis: ``[C]`` on NCHW runs along W), ``leading`` (C, 1, 1...) with rank + 1 ones
+    (along the batch axis), ``width`` (1, 1, ..., S[-1])."""
+    return {"channel": (1, channels) + (1,) * rank, "channel_short": (channels,) + (1,) * rank, "scalar": (),
+            "last_axis": (output_shape[-1],), "leading": (channels,) + (1,) * (rank + 1),
+            "width": (1,) * (rank + 1) + (output_shape[-1],)}[kind]
+
+
 def _signed(rng, low, high, size):
     return rng.uniform(low, high, size) * rng.choice([-1.0, 1.0], size)
 
@@ -117,7 +149,8 @@ def build(spec: SiteSpec) -> onnx.ModelProto:
     conv_attributes.update({k: v for k, v in spec.attributes.items() if v is not None})
     conv_output = "conv_out" if spec.tail != "none" else "y"
     nodes = [helper.make_node(spec.op, inputs, [conv_output], name="conv", **conv_attributes)]
-    channel = (1, spec.c_out) + (1,) * rank
+    shaped = constant_shape(spec.constant_shape, spec.c_out, rank, geometry.output_shape)
+    size = int(np.prod(shaped))
     if spec.tail == "bn":
         constants.update(bn_scale=_signed(rng, 0.5, 2.0, spec.c_out), bn_bias=rng.standard_normal(spec.c_out),
                          bn_mean=rng.standard_normal(spec.c_out) * 0.5, bn_var=rng.uniform(0.2, 2.0, spec.c_out))
@@ -125,16 +158,48 @@ def build(spec: SiteSpec) -> onnx.ModelProto:
         nodes.append(helper.make_node("BatchNormalization", [conv_output, "bn_scale", "bn_bias", "bn_mean", "bn_var"],
                                       ["y"], name="bn", **epsilon))
     elif spec.tail in ("mul_add", "mul"):
-        constants["mul_scale"] = _signed(rng, 0.5, 2.0, spec.c_out).reshape(channel)
+        constants["mul_scale"] = _signed(rng, 0.5, 2.0, size).reshape(shaped)
         mul_output = "y" if spec.tail == "mul" else "mul_out"
         nodes.append(helper.make_node("Mul", [conv_output, "mul_scale"], [mul_output], name="mul"))
         if spec.tail == "mul_add":
-            constants["add_bias"] = rng.standard_normal(spec.c_out).reshape(channel)
+            constants["add_bias"] = rng.standard_normal(size).reshape(shaped)
             nodes.append(helper.make_node("Add", [mul_output, "add_bias"], ["y"], name="add"))
     elif spec.tail == "add":
-        constants["add_bias"] = rng.standard_normal(spec.c_out).reshape(channel)
+        constants["add_bias"] = rng.standard_normal(size).reshape(shaped)
         nodes.append(helper.make_node("Add", [conv_output, "add_bias"], ["y"], name="add"))
     elif spec.tail != "none":
         raise ValueError(f"unknown tail {spec.tail!r}")
-    output_shape = (geometry.batch, geometry.c_out) + geometry.output_shape
-    return _model("x", spec.input_shape, nodes, constants, "y", output_shape, spec.name or "site")
+    more_outputs = ()
+    if spec.tail != "none" and spec.conv_output_use == "graph_output":
+        more_outputs = (conv_output,)
+    elif spec.tail != "none" and spec.conv_output_use == "second_consumer":
+        nodes.append(helper.make_node("Relu", [conv_output], ["relu_out"], name="relu"))
+        more_outputs = ("relu_out",)
+    if spec.params_via != "initializer":
+        nodes = _params_through_nodes(nodes, constants, spec.params_via)
+    conv_shape = (geometry.batch, geometry.c_out) + geometry.output_shape
+    # a constant broadcast along the batch axis makes the output larger than the conv's
+    output_shape = np.broadcast_shapes(conv_shape, shaped) if spec.tail in ("mul", "mul_add", "add") else conv_shape
+    return _model("x", spec.input_shape, nodes, constants, "y", output_shape, spec.name or "site", more_outputs,
+                  conv_shape)
+
+
+def _params_through_nodes(nodes: list, constants: dict, via: str) -> list:
+    """The tail's parameters (everything but ``w`` and ``b``) moved into ``Constant`` nodes, or read through
+    ``Identity`` nodes from their initializers, as exporters write them."""
+    moved = [name for name in constants if name not in ("w", "b")]
+    front = []
+    for name in moved:
+        if via == "constant":
+            value = np.asarray(constants.pop(name), np.float32)
+            front.append(helper.make_node("Constant", [], [f"{name}_const"], name=f"{name}_constant",
+                                          value=numpy_helper.from_array(value, f"{name}_value")))
+            renamed = f"{name}_const"
+        else:
+            front.append(helper.make_node("Identity", [name], [f"{name}_id"], name=f"{name}_identity"))
+            renamed = f"{name}_id"
+        for node in nodes:
+            for index, value in enumerate(node.input):
+                if value == name:
+                    node.input[index] = renamed
+    return front + nodes
