@@ -104,6 +104,8 @@ def judge(spec: SiteSpec, engine, index: int = -1) -> Outcome:
         if not whole_free(spec):
             return _judge_whole(spec, engine, index, started)
         report = check_sites(None, engine, model=build(spec), name=spec.name, runs=1)
+    except FusionInputError as error:  # the oracle itself cannot run it (onnxruntime's own limits): no verdict
+        return _unjudged(spec, index, error, started)
     except Exception as error:  # one configuration must never end a campaign: record it, and it is ours to fix
         explanations = [f"fusion could not judge this configuration: {type(error).__name__}: {error}"]
         return Outcome(index, spec.to_dict(), "fail", [INTERNAL_ERROR], explanations, [],
@@ -111,6 +113,10 @@ def judge(spec: SiteSpec, engine, index: int = -1) -> Outcome:
     site = report.sites[0]
     return Outcome(index, spec.to_dict(), site.status, list(signature(site.codes, site.failures)), site.explanations,
                    site.notes, time.perf_counter() - started)
+
+
+def _unjudged(spec: SiteSpec, index: int, error: FusionInputError, started: float) -> Outcome:
+    return Outcome(index, spec.to_dict(), "unjudged", [], [str(error)], [], time.perf_counter() - started)
 
 
 def whole_free(spec: SiteSpec) -> bool:
@@ -126,8 +132,8 @@ def _judge_whole(spec: SiteSpec, engine, index: int, started: float) -> Outcome:
 
     try:
         report = check(None, engine, model=build(spec), name=spec.name, runs=1, explain=False)
-    except FusionInputError as error:  # the oracle itself cannot run it (onnxruntime's own limits): no verdict
-        return Outcome(index, spec.to_dict(), "unjudged", [], [str(error)], [], time.perf_counter() - started)
+    except FusionInputError as error:
+        return _unjudged(spec, index, error, started)
     codes = [code for site in report.sites for code in site.codes] + [f["code"] for f in report.failures
                                                                       if "code" in f]
     failures = [f for site in report.sites for f in site.failures] + [f for f in report.failures if "kind" in f]

@@ -16,6 +16,7 @@ from fusion import attrs
 from fusion.affine import batch_norm_affine, scale_affine
 from fusion.bounds import exact_site
 from fusion.compare import Comparison, compare
+from fusion.errors import FusionInputError
 
 
 def reference_site(op: str, x, w, b=None, *, batch_norm: dict | None = None, scale: dict | None = None,
@@ -27,6 +28,11 @@ def reference_site(op: str, x, w, b=None, *, batch_norm: dict | None = None, sca
     if batch_norm is not None and scale is not None:
         raise ValueError("give batch_norm or scale, not both")
     transposed = op == "conv_transpose"
+    for name, value in (("x", x), ("w", w), ("b", b)):
+        if value is not None and np.asarray(value).dtype.kind == "f" and not np.isfinite(value).all():
+            # NaN in, NaN out would "match" anything that also gives NaN: no verdict can be had from it
+            raise FusionInputError(f"{name} has {int(np.count_nonzero(~np.isfinite(value)))} non-finite value(s): "
+                                   "the reference of a non-finite input proves nothing", node=op)
     channels = attrs.resolve(np.shape(x), np.shape(w), transposed=transposed, **attributes).c_out
     affine = None
     if batch_norm is not None:

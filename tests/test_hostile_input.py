@@ -313,3 +313,27 @@ def test_a_second_sweep_on_the_same_folder_is_refused(tmp_path, capsys):
             sweep.run(out, PlantedEngine("none"), budget=2, workers=1)
         code, err = _run(["sweep", "--engine", "onnxruntime", "--budget", "2", "--out", str(out)], capsys)
         assert code == 2 and "another fusion sweep is writing" in err
+
+
+def test_a_non_finite_input_to_the_pytest_helper_is_refused():
+    from fusion.errors import FusionInputError
+    from fusion.testing import assert_matches_reference
+
+    x = np.ones((1, 4, 5, 5), np.float32)
+    x[0, 1, 2, 2] = np.nan
+    w = np.ones((4, 2, 3, 3), np.float32)
+    with pytest.raises(FusionInputError, match="conv_transpose: x has 1 non-finite value"):
+        assert_matches_reference(np.full((1, 2, 7, 7), np.nan, np.float32), op="conv_transpose", x=x, w=w)
+
+
+def test_fuse_keeps_the_initializers_a_subgraph_reads(tmp_path, capsys):
+    """An If whose branches read the outer graph's weights: the fuse pass once dropped them as unused."""
+    model = build(demo_specs()[0])
+    mutations.nested_graph(model, np.random.default_rng(0))
+    path, out = tmp_path / "if.onnx", tmp_path / "fused.onnx"
+    onnx.save(model, path)
+    code, err = _run(["fuse", str(path), str(out)], capsys)
+    assert code == 0, err
+    fused = onnx.load(out)
+    onnx.checker.check_model(fused)
+    assert {t.name for t in fused.graph.initializer} == {t.name for t in model.graph.initializer}

@@ -21,7 +21,7 @@ from fusion.oracle import activations, input_shapes, random_feeds
 from fusion.fold import fold_affine
 from fusion.graph import build
 from fusion.graph.memory import DEFAULT_LIMIT, estimate, refuse_beyond
-from fusion.graph.model import Graph
+from fusion.graph.model import Graph, all_nodes
 from fusion.graph.nodes import node_label
 from fusion.graph.sites import Site, find_sites
 
@@ -96,17 +96,8 @@ def id_of(node: onnx.NodeProto) -> tuple:
     return (node.op_type, node.name, tuple(node.input), tuple(node.output))
 
 
-def _all_nodes(graph: onnx.GraphProto):
-    """The nodes of ``graph`` and of every subgraph inside it (If, Loop, Scan bodies read outer names)."""
-    for node in graph.node:
-        yield node
-        for attribute in node.attribute:
-            for sub in ([attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else list(attribute.graphs)):
-                yield from _all_nodes(sub)
-
-
 def _drop_unused_initializers(model: onnx.ModelProto) -> None:
-    used = {name for node in _all_nodes(model.graph) for name in node.input} | {o.name for o in model.graph.output}
+    used = {name for node in all_nodes(model.graph) for name in node.input} | {o.name for o in model.graph.output}
     dropped = {t.name for t in model.graph.initializer if t.name not in used}
     kept = [t for t in model.graph.initializer if t.name in used]
     del model.graph.initializer[:]

@@ -35,7 +35,7 @@ def load(path: str | os.PathLike, notes: list[str] | None = None) -> onnx.ModelP
         raise FusionInputError(f"{path} is not an ONNX model with a graph (no nodes found)")
     if not model.graph.output:
         raise FusionInputError(f"{path} declares no graph outputs: there is nothing to judge")
-    if any(uses_external_data(t) for t in external_tensors(model)):
+    if any(uses_external_data(t) for t in stored_tensors(model)):
         try:  # onnx refuses locations outside the model's folder and reads no more than the file holds
             external_data_helper.load_external_data_for_model(model, os.path.dirname(os.path.abspath(path)))
         except Exception as exc:
@@ -51,7 +51,8 @@ def load(path: str | os.PathLike, notes: list[str] | None = None) -> onnx.ModelP
         reason = f"fails the ONNX checker ({checked}) and onnxruntime" if checked else "passes the ONNX checker " \
             "but onnxruntime"
         raise FusionInputError(f"{path} {reason} cannot load it ({refused})") from None
-    nested = [n for n in _subgraph_nodes(model.graph) if n.op_type in ("Conv", "ConvTranspose")]
+    nested = [n for node in model.graph.node for sub in subgraphs(node) for n in all_nodes(sub)
+              if n.op_type in ("Conv", "ConvTranspose")]
     if nested and notes is not None:
         notes.append(f"{len(nested)} Conv/ConvTranspose node(s) inside If/Loop/Scan bodies are not judged as sites "
                      "(only the graph outputs they feed are compared)")
@@ -66,16 +67,21 @@ def load(path: str | os.PathLike, notes: list[str] | None = None) -> onnx.ModelP
     return model
 
 
-def _subgraph_nodes(graph: onnx.GraphProto, inside: bool = False):
+def subgraphs(node: onnx.NodeProto):
+    """The bodies of an If, Loop or Scan node."""
+    for attribute in node.attribute:
+        yield from [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else attribute.graphs
+
+
+def all_nodes(graph: onnx.GraphProto):
+    """The nodes of ``graph`` and of every subgraph inside it (a body may read the outer graph's tensors)."""
     for node in graph.node:
-        if inside:
-            yield node
-        for attribute in node.attribute:
-            for sub in ([attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else list(attribute.graphs)):
-                yield from _subgraph_nodes(sub, True)
+        yield node
+        for sub in subgraphs(node):
+            yield from all_nodes(sub)
 
 
-def external_tensors(model: onnx.ModelProto):
+def stored_tensors(model: onnx.ModelProto):
     yield from model.graph.initializer
     for node in model.graph.node:
         for attribute in node.attribute:
