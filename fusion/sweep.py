@@ -276,11 +276,16 @@ def _exclusive(out: Path):
 
 
 def _journal(journal: Path, seed: int, version: str) -> dict[int, Outcome]:
-    """The configurations already judged; a line cut short by a kill is skipped (that one is judged again)."""
+    """The configurations already judged; a line cut short by a kill is skipped (that one is judged again) and
+    ended, so that the next record starts on a line of its own."""
     done: dict[int, Outcome] = {}
     if not journal.exists():
         return done
-    for line in journal.read_text(errors="replace").splitlines():
+    text = journal.read_text(errors="replace")
+    if text and not text.endswith("\n"):
+        with open(journal, "a", encoding="utf-8") as log:
+            log.write("\n")  # end the line a kill cut short, so the next record starts on a line of its own
+    for line in text.splitlines():
         try:
             record = json.loads(line)
             outcome = Outcome(**record["outcome"])
@@ -295,9 +300,6 @@ def _run_locked(out: Path, engine, budget, seed, dims, tails, workers, dask_addr
                 progress, engine_name) -> dict:
     journal = out / "judged.jsonl"
     done = _journal(journal, seed, engine.version())
-    if journal.exists() and journal.stat().st_size and not journal.read_bytes().endswith(b"\n"):
-        with open(journal, "a", encoding="utf-8") as log:
-            log.write("\n")  # end the line a kill cut short, so the next record starts on a line of its own
     todo = [i for i in range(budget) if i not in done]
     # an engine that converts one site alone (the planted test engines) is given sites without a context
     contexts = getattr(engine, "converts_whole_models", True)

@@ -105,7 +105,8 @@ def estimate(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> Memo
     weights = sum(int(np.prod(t.dims, dtype=object)) * _itemsize(t.data_type) for t in model.graph.initializer)
     largest = max(sized, key=lambda n: sized[n] or 0, default="")
     total = 4 * activations + 3 * weights + inputs + 6 * largest_size
-    return MemoryEstimate(int(total), int(activations), int(weights), int(inputs), _describe(largest, inferred, shapes), unsized)
+    return MemoryEstimate(int(total), int(activations), int(weights), int(inputs),
+                          _describe(largest, inferred, shapes), unsized)
 
 
 def _describe(largest: str, inferred: onnx.GraphProto, shapes: dict[str, tuple[int, ...]]) -> str:
