@@ -188,7 +188,7 @@ def _engines(console: Console) -> int:
     for entry in ENGINES.values():
         version = installed(entry)
         state = f"{entry.distribution} {version}" if version else \
-            f"not installed: pip install {entry.distribution}=={entry.verified}"
+            f"not installed: {entry.install_line()}"
         console.print(f"{entry.name}: {entry.what}; {state} (verified with {entry.verified})", soft_wrap=True,
                       markup=False, highlight=False)
     return 0

@@ -19,12 +19,12 @@ def test_quick_bench_writes_json_markdown_and_plot(tmp_path, monkeypatch, capsys
     rows = {(r["shape"], r["engine"], r["path"]): r for r in document["results"]}
     for engine, path in (("fusion", "unfused"), ("fusion", "folded"), ("fusion", "epilogue"),
                          ("onnxruntime", "unfused"), ("onnxruntime", "folded"), ("mnn", "folded")):
-        row = rows[("tiny g2", engine, path)]
+        row = rows[("tiny g2 3^2", engine, path)]  # quick: half of 6^2, and the label says so
         assert row["repetitions"] == 2 and row["min"] <= row["median"] <= row["max"] and row["gflops"] > 0
     before, after = document["peak_flops_before_after"]["1"]
     assert float(document["peak_flops"]["1"]) == max(before, after) > 1e9
     assert (tmp_path / "bench.png").stat().st_size > 10_000
-    assert "| tiny g2 | 1 | fusion | folded |" in (tmp_path / "bench.md").read_text()
+    assert "| tiny g2 3^2 | 1 | fusion | folded |" in (tmp_path / "bench.md").read_text()
     assert "fusion folded / conv_transpose only" in capsys.readouterr().out
 
 
@@ -49,3 +49,17 @@ def test_fast_shapes_get_more_rounds(monkeypatch, min_seconds, rounds):
     assert {row["path"] for row in document["results"] if row["engine"] == bench.ALONE} == set(bench.ALONE_PATHS)
     (row,) = bench.ratios(document)
     assert {"fusion folded / conv_transpose only", "fusion alone epilogue / conv_transpose only"} <= set(row)
+
+
+def test_the_peak_is_measured_in_the_widest_vectors_the_cpu_has():
+    import numpy as np
+
+    from fusion.bench import peak
+
+    bits = peak.vector_bits()
+    assert bits in (256, 512)
+    b, c = np.float32(0.5), np.float32(0.0)
+    wide, narrow = peak.KERNELS[512][0].chains, peak.KERNELS[256][0].chains
+    assert wide(1, b, c) == 64.0 and narrow(1, b, c) == 32.0
+    fmas = [line for line in next(iter(wide.inspect_asm().values())).splitlines() if "vfmadd" in line]
+    assert fmas and all(("zmm" in line) == (bits == 512) for line in fmas)

@@ -121,3 +121,36 @@ def test_context_configurations_are_judged_whole_and_pass_on_a_correct_optimizer
         if len(judged) == 8:
             break
     assert len(judged) == 8 and len({j[0] for j in judged}) >= 2
+
+
+def test_a_reproducer_says_whether_onnxruntime_agrees_and_the_report_tables_the_folds(tmp_path):
+    plain = SiteSpec(op="ConvTranspose", input_shape=(1, 4, 3, 3), c_out=4, group=2, kernel_shape=(2, 2),
+                     attributes={"strides": [2, 2]}, tail="bn", seed=3)
+    assert sweep.oracle_agrees(plain)[0]
+    # onnxruntime 1.32 sizes a SAME_LOWER ConvTranspose differently from the ONNX formula: not a converter's fault
+    same_lower = SiteSpec(op="ConvTranspose", input_shape=(1, 1, 3), c_out=1, group=1, kernel_shape=(1,),
+                          attributes={"strides": [3], "auto_pad": "SAME_LOWER"}, bias=False, tail="none")
+    agrees, why = sweep.oracle_agrees(same_lower)
+    assert not agrees and "disagrees" in why
+    report = sweep.run(tmp_path, PlantedEngine("legacy_fold"), budget=40, seed=2, dims=(2,), tails=("bn", "mul"),
+                       workers=1)
+    assert all(group["oracle_agrees"] for group in report["groups"])  # the planted defect is the engine's
+    rows = report["table"]["folds"]
+    grouped = {row: tails for row, tails in rows.items() if "ConvTranspose" in row and "group 1" not in row}
+    assert any(tails.get("BN", {}).get("wrong") for tails in grouped.values())
+    assert not any(tails.get("BN", {}).get("wrong") for row, tails in rows.items() if row.startswith("Conv "))
+    assert "## Folds by kind" in (tmp_path / "report.md").read_text()
+
+
+def test_the_fold_table_classifies_each_outcome():
+    from fusion.sweep.table import classify
+
+    spec = SiteSpec(op="Conv", input_shape=(1, 4, 5, 5), c_out=4, group=4, kernel_shape=(3, 3), tail="mul").to_dict()
+    outcome = lambda status, notes=(): sweep.Outcome(0, spec, status, [], [], list(notes), 0.0)  # noqa: E731
+    assert classify(outcome("pass"), None) == "folded"
+    assert classify(outcome("pass", ["not folded: the converter kept mul 'm' after the conv"]), None) == "kept"
+    assert classify(outcome("fail"), None) == "wrong"
+    assert classify(outcome("fail"), lambda s: False) == "runtime"
+    assert classify(outcome("fail"), lambda s: True) == "wrong"
+    assert classify(outcome("fail"), None, tail_free=lambda o: True) == "other"  # fails whatever the tail
+    assert classify(outcome("unjudged"), None) is None

@@ -12,6 +12,7 @@ and one after the run (both recorded): on a shared VM a core busy elsewhere at o
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 import os
 import platform
 import tempfile
@@ -72,13 +73,19 @@ class PathResult:
         return data
 
 
-def run(*, quick: bool = False, threads_list=(1, 2), repetitions: int | None = None, engines=("fusion", "onnxruntime",
-        "mnn"), progress=None, min_seconds: float | None = None, suite=None) -> dict:
+def default_engines() -> tuple[str, ...]:
+    """fusion, onnxruntime, MNN, and PyTorch when it is installed (an optional peer: ``pip install torch``)."""
+    return ("fusion", "onnxruntime", "mnn") + (("pytorch",) if importlib.util.find_spec("torch") else ())
+
+
+def run(*, quick: bool = False, threads_list=(1, 2), repetitions: int | None = None, engines=None, progress=None,
+        min_seconds: float | None = None, suite=None) -> dict:
     """Run the suite (``suite``: other shapes instead of ``SUITE``); returns a JSON-ready dict with environment, peaks and one row per (shape, engine, path).
 
     Each shape gets ``repetitions`` rounds, or more where a round is fast: as many as take ``min_seconds`` (default
     2, quick 0), up to ``MORE_ROUNDS`` times as many. A sub-millisecond layer's time depends on what ran just before
     it; more rounds make its median as steady as a large layer's."""
+    engines = tuple(engines or default_engines())
     repetitions = repetitions or (5 if quick else 15)
     min_seconds = (0.0 if quick else 2.0) if min_seconds is None else min_seconds
     scale = 0.5 if quick else 1.0
@@ -98,7 +105,7 @@ def run(*, quick: bool = False, threads_list=(1, 2), repetitions: int | None = N
                     flops = shape.flops(spec)
                     model = build(spec)
                     paths = _paths(shape, spec, model, threads, engines, mnn, scratch)
-                    rows = {name: PathResult(shape.name, name[0], name[1], threads, flops=flops) for name in paths}
+                    rows = {name: PathResult(spec.name, name[0], name[1], threads, flops=flops) for name in paths}
                     for name, call in paths.items():  # warm-up (compiles, allocates) and catch failures
                         try:
                             call()
@@ -115,9 +122,9 @@ def run(*, quick: bool = False, threads_list=(1, 2), repetitions: int | None = N
                     _interleave({name: paths[name] for name in names if rows[name].error is None}, rows, rounds,
                                 order)
                     results += rows.values()
-                    results += _alone(shape, threads, flops, paths, rows, rounds, order)
+                    results += _alone(spec.name, threads, flops, paths, rows, rounds, order)
                     if progress:
-                        progress(shape.name, threads)
+                        progress(spec.name, threads)
                 limits.restore_original_limits()
         finally:
             if mnn:
@@ -131,12 +138,12 @@ def run(*, quick: bool = False, threads_list=(1, 2), repetitions: int | None = N
             "results": [r.summary(peaks[r.threads]) for r in results]}
 
 
-def _alone(shape: Shape, threads: int, flops: float, paths: dict, rows: dict, rounds: int, order) -> list:
+def _alone(label: str, threads: int, flops: float, paths: dict, rows: dict, rounds: int, order) -> list:
     """fusion's ConvTranspose paths again, interleaved among themselves only (engine ``ALONE``): what fusing costs
     fusion. Interleaved with the other engines, a path's time also depends on whose data the one before it left in
     the caches, which makes its times two-mode (benchmarks/NOTES.md, "Benchmark peak")."""
     own = [name for name in paths if name[0] == "fusion" and name[1] in ALONE_PATHS and rows[name].error is None]
-    alone = {name: PathResult(shape.name, ALONE, name[1], threads, flops=flops) for name in own}
+    alone = {name: PathResult(label, ALONE, name[1], threads, flops=flops) for name in own}
     _interleave({name: paths[name] for name in own}, alone, rounds if len(own) > 1 else 0, order)
     return list(alone.values())
 
@@ -190,6 +197,8 @@ def _paths(shape: Shape, spec: SiteSpec, model: onnx.ModelProto, threads: int, e
     if "onnxruntime" in engines:
         s_conv = session(conv_model, optimized=False, threads=threads, spinning=False)
         paths[("onnxruntime", "Conv mirrored")] = _timed(lambda: s_conv.run(None, {"x": x_conv}))
+    if "pytorch" in engines:
+        paths.update(_pytorch_paths(spec, site, x, w_f, b_f, threads))
     if "mnn" in engines:
         # MNN's unfused path: BN spelled as Mul + Add, which MNN 3.6.1 keeps as separate ops (its --forTraining
         # conversion, which keeps BatchNorm, crashes at run time)
@@ -211,6 +220,36 @@ def _paths(shape: Shape, spec: SiteSpec, model: onnx.ModelProto, threads: int, e
                 failure = None if answer == "ok" else answer
             paths[("mnn", label)] = _mnn_call(mnn, key, failure)
     return paths
+
+
+def _pytorch_paths(spec: SiteSpec, site, x: np.ndarray, w_f: np.ndarray, b_f: np.ndarray, threads: int) -> dict:
+    """PyTorch's CPU ConvTranspose (``torch.nn.functional.conv_transposeNd``) unfused (then ``batch_norm`` in
+    inference) and folded, under ``inference_mode``, on ``threads`` intra-op threads."""
+    import torch
+    import torch.nn.functional as F
+
+    torch.set_num_threads(threads)
+    geometry = spec.geometry()
+    convolve = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[site.rank]
+    begin, end = geometry.pads[:site.rank], geometry.pads[site.rank:]
+    if list(begin) != list(end):
+        return {}  # PyTorch takes symmetric padding only; the suite's layers have it
+    keywords = dict(stride=tuple(geometry.strides), padding=tuple(begin), output_padding=tuple(geometry.output_padding),
+                    groups=site.group, dilation=tuple(geometry.dilations))
+    tx, tw, tb, twf, tbf = (torch.from_numpy(np.array(a, np.float32)) for a in (x, site.w, site.b, w_f, b_f))
+    bn = site.batch_norm
+    stats = [torch.from_numpy(np.asarray(bn[k], np.float32)) for k in ("mean", "var", "scale", "bias")]
+
+    def unfused():
+        with torch.inference_mode():
+            F.batch_norm(convolve(tx, tw, tb, **keywords), stats[0], stats[1], stats[2], stats[3], False, 0.0,
+                         bn["epsilon"])
+
+    def folded():
+        with torch.inference_mode():
+            convolve(tx, twf, tbf, **keywords)
+
+    return {("pytorch", "unfused"): _timed(unfused), ("pytorch", "folded"): _timed(folded)}
 
 
 def _bn_as_mul_add(model: onnx.ModelProto, affine) -> onnx.ModelProto:
@@ -259,8 +298,16 @@ def environment() -> dict:
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__,
             "numba": numba.__version__, "numba_threading_layer": _threading_layer(),
             "onnxruntime": onnxruntime.__version__, "mnn": importlib.metadata.version("mnn"),
+            "pytorch": _version_or_absent("torch"),
             "fusion": importlib.metadata.version("fusion"),
             "thread_pools": {name: os.environ.get(name, "unset") for name in QUIET_POOLS}}
+
+
+def _version_or_absent(distribution: str) -> str:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
 
 
 def _threading_layer() -> str:

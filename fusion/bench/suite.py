@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -25,13 +25,20 @@ class Shape:
     def rank(self) -> int:
         return len(self.spatial)
 
+    def label(self, spec: SiteSpec) -> str:
+        """The name with the input size actually timed: ``... 32^2``, or ``16^2`` in a quick (half-size) run."""
+        spatial = spec.input_shape[2:]
+        size = f"{spatial[0]}^{len(spatial)}" if len(set(spatial)) == 1 else "x".join(map(str, spatial))
+        return f"{self.name} {size}"
+
     def spec(self, scale: float = 1.0) -> SiteSpec:
         spatial = tuple(max(2, int(round(s * scale))) for s in self.spatial)
         attributes = {"strides": [self.stride] * self.rank, "pads": [self.pad] * (2 * self.rank)}
         if self.output_padding:
             attributes["output_padding"] = [self.output_padding] * self.rank
-        return SiteSpec("ConvTranspose", (1, self.c_in) + spatial, self.c_out, self.group, (self.kernel,) * self.rank,
+        spec = SiteSpec("ConvTranspose", (1, self.c_in) + spatial, self.c_out, self.group, (self.kernel,) * self.rank,
                         attributes, True, "bn", 1, self.name)
+        return replace(spec, name=self.label(spec))
 
     def mirrored(self, spec: SiteSpec) -> SiteSpec:
         """The Conv that is this ConvTranspose's adjoint: C_out -> C_in on the transposed conv's output grid."""
@@ -47,9 +54,9 @@ class Shape:
 
 
 SUITE = (
-    Shape("decoder 256->128 k4 s2 p1 32^2", 256, 128, 1, 4, 2, 1, (32, 32)),
-    Shape("decoder g4 256->128 k4 s2 p1 32^2", 256, 128, 4, 4, 2, 1, (32, 32)),
-    Shape("depthwise 128 k4 s2 p1 64^2", 128, 128, 128, 4, 2, 1, (64, 64)),
-    Shape("small g4 16->16 k3 s2 p1 op1 56^2", 16, 16, 4, 3, 2, 1, (56, 56), 1),
-    Shape("3d g4 32->32 k3 s2 p1 16^3", 32, 32, 4, 3, 2, 1, (16, 16, 16)),
+    Shape("decoder 256->128 k4 s2 p1", 256, 128, 1, 4, 2, 1, (32, 32)),
+    Shape("decoder g4 256->128 k4 s2 p1", 256, 128, 4, 4, 2, 1, (32, 32)),
+    Shape("depthwise 128 k4 s2 p1", 128, 128, 128, 4, 2, 1, (64, 64)),
+    Shape("small g4 16->16 k3 s2 p1 op1", 16, 16, 4, 3, 2, 1, (56, 56), 1),
+    Shape("3d g4 32->32 k3 s2 p1", 32, 32, 4, 3, 2, 1, (16, 16, 16)),
 )

@@ -228,7 +228,10 @@ def judge_params(site: Site, ref: SiteExpectation, params: EngineParams
                                     f"fused weights wrong ({weight.elements_failed} of {w_eff.size} elements; "
                                     f"{weight.summary()})")
                 codes.append(Code.WRONG_WEIGHTS)
-    if bias is not None and not bias.passed and not nonfinite:
+    if bias is not None and not bias.passed and not nonfinite and bias.shape_actual != bias.shape_expected:
+        explanations.append(f"fused bias shape {list(bias.shape_actual)} differs from {list(bias.shape_expected)}")
+        codes.append(Code.WRONG_BIAS)
+    elif bias is not None and not bias.passed and not nonfinite:
         hypotheses = {BIAS_ZERO: (Code.BIAS_MISSING, np.zeros_like(ref.b_folded))}
         if site.b is not None and site.affine is not None:
             hypotheses[CONV_BIAS_DROPPED] = (Code.CONV_BIAS_DROPPED, ref.b_folded - site.affine.mul * site.b)

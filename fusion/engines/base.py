@@ -114,6 +114,8 @@ class Engine(Protocol):
     """A converter plus runtime judged by ``fusion check``."""
 
     name: str
+    # optional: ``hidden_tensors``, a sentence saying why the converted model names no tensor between the graph's
+    # inputs and outputs (an engine that renames them all); absent when it keeps ONNX names
 
     def version(self) -> str: ...
 

@@ -31,6 +31,8 @@ TOOLS = {  # tool -> (distribution, what runs)
 class OnnxRewriteEngine:
     """One ONNX-to-ONNX optimizer (``tool``, a key of ``TOOLS``), judged on the model it writes."""
 
+    runs_on_onnxruntime = True  # its model is run by onnxruntime: a failure onnxruntime makes unfused is not its own
+
     def __init__(self, tool: str = "onnxruntime-all", *, timeout: float = 120.0):
         if tool not in TOOLS:
             raise ValueError(f"tool must be one of {sorted(TOOLS)}")

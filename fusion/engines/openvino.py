@@ -70,6 +70,11 @@ class OpenVinoEngine:
             with np.load(out) as saved:
                 weight, kind = saved["weight"], str(saved["type"])
                 bias = saved["bias"] if "bias" in saved.files else None
+        if bias is not None and bias.size == 1 and site.c_out > 1:
+            bias = np.full(site.c_out, bias[0], bias.dtype)  # one value broadcast to every channel (a scalar Add)
+        elif bias is not None and bias.size != site.c_out:
+            raise EngineFailure(self.name, "reading fused parameters", "missing",
+                                f"the Add after the {kind} holds {bias.size} values, not one a channel: not a bias")
         return EngineParams(w=onnx_layout(weight, kind, site), b=bias, ops=[kind])
 
 

@@ -1,4 +1,5 @@
-"""Child process for OpenVINO. Commands (an error is one line on stderr and exit code 5):
+"""Child process for OpenVINO. Commands (an error is one line on stderr and exit code 5;
+``serve`` answers many, see ``one_line``):
 
     convert MODEL.onnx MODEL.xml   read_model, the offline MOC transformations that ``ovc`` applies (constant folding
                                    and smart reshape), save_model with float32 weights (no fp16 compression)
@@ -98,10 +99,10 @@ def params(xml_path, out_path, tensor):
 
 
 def main():
-    from one_line import run_reporting
+    from one_line import main_or_serve
 
-    command, argv = sys.argv[1], sys.argv[2:]
-    return run_reporting({"convert": convert, "names": names, "run": run, "params": params}[command], *argv)
+    commands = {"convert": convert, "names": names, "run": run, "params": params}
+    return main_or_serve(lambda argv: commands[argv[0]](*argv[1:]))
 
 
 if __name__ == "__main__":

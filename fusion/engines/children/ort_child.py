@@ -1,4 +1,5 @@
-"""Child process for onnxruntime. Commands (an error is one line on stderr and exit code 5):
+"""Child process for onnxruntime. Commands (an error is one line on stderr and exit code 5;
+``serve`` answers many, see ``one_line``):
 
     run MODEL FEEDS.npz OUT.npz OUTPUTS.json   run an already optimized MODEL; save the tensors named in
                                                OUTPUTS.json as t0, t1, ... (intermediate ones are exposed)
@@ -37,10 +38,10 @@ def main():
     import onnxruntime as ort
 
     ort.set_default_logger_severity(4)  # its own log lines would bury the one-line reason below
-    from one_line import run_reporting
+    from one_line import main_or_serve
 
-    command, argv = sys.argv[1], sys.argv[2:]
-    return run_reporting({"run": run}[command], *argv)
+    commands = {"run": run}
+    return main_or_serve(lambda argv: commands[argv[0]](*argv[1:]))
 
 
 if __name__ == "__main__":

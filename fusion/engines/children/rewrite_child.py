@@ -2,7 +2,7 @@
 
 TOOL is ``onnxscript`` (``onnxscript.optimizer.optimize``, what ``torch.onnx.export`` runs), ``onnxslim``
 (``onnxslim.slim``) or ``onnxruntime-LEVEL`` (``basic``, ``extended`` or ``all``: the model onnxruntime writes at that
-graph optimization level). An error is one line on stderr and exit code 5.
+graph optimization level). An error is one line on stderr and exit code 5; ``serve`` answers many (``one_line``).
 """
 
 import sys
@@ -35,9 +35,9 @@ def rewrite(tool, model_path, out_path):
 
 
 def main():
-    from one_line import run_reporting
+    from one_line import main_or_serve
 
-    return run_reporting(rewrite, *sys.argv[1:4])
+    return main_or_serve(lambda argv: rewrite(*argv))
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from fusion.graph.build import CONSTANT_SHAPES, CONV_OUTPUT_USES, PARAMS_VIA, Si
 from fusion.fold import output_channels
 from fusion.graph import space
 from fusion.graph.sites import TAILS
+from fusion.sweep.table import fold_table, markdown as table_markdown
 
 
 def random_spec(seed: int, index: int, *, dims=(1, 2, 3), tails=TAILS, contexts: bool = True) -> SiteSpec:
@@ -193,9 +194,12 @@ def _simpler(spec: SiteSpec):
 
 
 def shrink(spec: SiteSpec, wanted: tuple[str, ...], engine, *, budget: int = 40) -> tuple[SiteSpec, int]:
-    """Greedily simplify ``spec`` while it still fails with signature ``wanted``; returns it and the judgements spent."""
+    """Greedily simplify ``spec`` while it still fails with signature ``wanted``; returns it and the judgements spent.
+    When onnxruntime (optimizations off) computes ``spec`` right, every simplification kept must keep it so: a
+    reproducer that onnxruntime itself rejects or gets wrong proves nothing about the engine."""
     spent = 0
     improved = True
+    keep_oracle = oracle_agrees(spec)[0]
     while improved and spent < budget:
         improved = False
         for candidate in _simpler(spec):
@@ -207,6 +211,8 @@ def shrink(spec: SiteSpec, wanted: tuple[str, ...], engine, *, budget: int = 40)
                 continue
             if spent >= budget:
                 break
+            if keep_oracle and not oracle_agrees(candidate)[0]:
+                continue
             spent += 1
             outcome = judge(candidate, engine)
             if outcome.status == "fail" and tuple(outcome.signature) == wanted:
@@ -343,6 +349,28 @@ def _judge_all(specs: dict, engine, workers: int, dask_address, dask_client):
             yield future.result()
 
 
+def oracle_agrees(spec: SiteSpec, seed: int = 0) -> tuple[bool, str]:
+    """Whether onnxruntime with every graph optimization off (the oracle; the runtime of the ONNX rewriters too)
+    computes the unfused configuration within the site's bound of the float64 reference. ``(False, why)`` means a
+    failure on it is the runtime's own, not the converter's fold."""
+    from fusion.check.explain import expectation
+    from fusion.check.tolerance import judge_output
+    from fusion.graph.sites import find_sites
+    from fusion.oracle import activations, random_feeds
+
+    model = build(spec)
+    site = find_sites(model)[0]
+    feeds = random_feeds({site.input_name: tuple(spec.input_shape)}, seed)
+    try:
+        value = activations(model, feeds, [site.output_name])[site.output_name]
+    except FusionInputError as error:
+        return False, f"onnxruntime cannot run it: {error}"
+    judgement = judge_output(site, expectation(site, feeds[site.input_name]), value)
+    if judgement.passed:
+        return True, "onnxruntime (optimizations off) agrees with the float64 reference"
+    return False, f"onnxruntime (optimizations off) disagrees with the float64 reference: {judgement.comparison.summary()}"
+
+
 def _report(out: Path, engine, seed: int, budget: int, outcomes: list[Outcome], shrink_budget: int,
             engine_name: str | None = None) -> dict:
     groups: dict[str, list[Outcome]] = {}
@@ -353,7 +381,7 @@ def _report(out: Path, engine, seed: int, budget: int, outcomes: list[Outcome], 
     repro.mkdir(exist_ok=True)
     shrunk_cache = out / "shrunk.json"
     cache = json.loads(shrunk_cache.read_text()) if shrunk_cache.exists() else {}
-    entries = []
+    entries, shrunk_tails = [], {}
     for number, (key, members) in enumerate(sorted(groups.items(), key=lambda item: -len(item[1]))):
         first = members[0]
         cache_key = f"{seed}:{engine.version()}:{key}"
@@ -364,9 +392,12 @@ def _report(out: Path, engine, seed: int, budget: int, outcomes: list[Outcome], 
             write_atomic(shrunk_cache, json.dumps(cache, indent=1))
         minimal = SiteSpec.from_dict(cache[cache_key]["spec"])
         minimal = replace(minimal, name=f"group_{number:02d}")
+        shrunk_tails[key] = minimal.tail
         path = repro / f"group_{number:02d}.onnx"
         write_atomic(path, build(minimal).SerializeToString())
+        agrees, agreement = oracle_agrees(minimal)
         entries.append({
+            "oracle_agrees": agrees, "oracle": agreement,
             "group": number, "count": len(members), "signature": first.signature,
             "explanations": first.explanations, "notes": first.notes,
             "op": first.spec["op"], "rank": len(first.spec["kernel_shape"]),
@@ -377,10 +408,16 @@ def _report(out: Path, engine, seed: int, budget: int, outcomes: list[Outcome], 
                        + (f" --engine {engine_name}" if engine_name else ""),
             "indices": [m.index for m in members][:50],
         })
+    runtime_agrees = None
+    if getattr(engine, "runs_on_onnxruntime", False):
+        runtime_agrees = lambda spec: oracle_agrees(spec)[0]  # noqa: E731
+    tail_free_groups = {key for key, tail in shrunk_tails.items() if tail == "none"}
     report = {"engine": engine.version(), "seed": seed, "budget": budget, "judged": len(outcomes),
+              "runs_on_onnxruntime": runtime_agrees is not None,
               "passed": sum(o.status == "pass" for o in outcomes), "failed": sum(o.status == "fail" for o in outcomes),
               "unjudged": sum(o.status == "unjudged" for o in outcomes),
-              "judge_seconds": sum(o.seconds for o in outcomes), "groups": entries}
+              "judge_seconds": sum(o.seconds for o in outcomes), "groups": entries,
+              "table": fold_table(outcomes, runtime_agrees, lambda o: _group_key(o) in tail_free_groups)}
     write_atomic(out / "report.json", json.dumps(report, indent=2) + "\n")
     write_atomic(out / "report.md", markdown(report))
     return report
@@ -390,12 +427,23 @@ def markdown(report: dict) -> str:
     lines = [f"# fusion sweep against {report['engine']}", "",
              f"Seed {report['seed']}: {report['judged']} configurations judged, {report['passed']} passed, "
              f"{report['failed']} failed, in {len(report['groups'])} groups; {report.get('unjudged', 0)} not judged "
-             "(onnxruntime, the oracle, cannot run them).", ""]
+             "(onnxruntime, the oracle, cannot run them).",
+             f"Groups where onnxruntime with optimizations off already disagrees with the float64 reference on the "
+             f"unfused reproducer: {sum(not g.get('oracle_agrees', True) for g in report['groups'])}.", ""]
+    if "table" in report:
+        lines += ["## Folds by kind", "", "Per-channel tails a converter may fold (`ok`: folded right; `kept`: left as "
+                  "an op of its own, right; `WRONG`; `runtime`: onnxruntime's own failure, which also runs this "
+                  "engine's model):", "", *table_markdown(report["table"]), ""]
     for group in report["groups"]:
         lines += [f"## Group {group['group']}: {group['count']} configuration(s): {group['op']} "
                   f"{group['rank']}-D (tails seen: {', '.join(group['tails'])})", "",
                   "What went wrong:", *[f"- {e}" for e in group["explanations"]], "",
                   f"Attributes that matter (minimal configuration after {group['shrink_judgements']} shrink "
                   f"judgements): {', '.join(group['attributes_that_matter'])}", "",
-                  f"Reproducer: `{group['reproducer']}`; re-check with `{group['command']}`", ""]
+                  f"Reproducer: `{group['reproducer']}`; re-check with `{group['command']}`", "",
+                  f"On the reproducer unfused: {group.get('oracle', 'not checked')}" + (
+                      "" if group.get("oracle_agrees", True) else
+                      " — the failure is onnxruntime's own (it runs this engine's model), not the converter's fold"
+                      if report.get("runs_on_onnxruntime") else
+                      " — onnxruntime is wrong there too: a defect both runtimes share, not a fold"), ""]
     return "\n".join(lines)
