@@ -209,7 +209,39 @@ def _blas_wins(channels_per_group: int, gemm_min_channels: int, positions: int) 
     return channels_per_group >= gemm_min_channels and positions < TILES_MIN_POSITIONS and _pools_apart()
 
 
+# With passive pools (OMP_WAIT_POLICY=PASSIVE, as `fusion bench` runs) a layer below this many multiply-adds runs on
+# one thread: waking the sleeping second one costs more than it brings. Spinning pools (the default) wake at once, and
+# two threads win there (benchmarks/NOTES.md, "Small layers").
+SERIAL_BELOW_MACS = 6_000_000
+
+
+@contextlib.contextmanager
+def _threads_for(geo: attrs.ConvGeometry):
+    """One thread for a layer of fewer than ``SERIAL_BELOW_MACS`` multiply-adds when the pools sleep between
+    regions, else the caller's threads. ``numba.set_num_threads`` is per calling thread: other threads' calls are not
+    affected."""
+    threads = numba.get_num_threads()
+    if NUMBA_POOL_SPINS:
+        yield
+        return
+    positions = math.prod(geo.input_shape if geo.transposed else geo.output_shape)
+    macs = geo.batch * geo.c_out * (geo.c_in // geo.group) * math.prod(geo.kernel_shape) * positions
+    if threads == 1 or macs >= SERIAL_BELOW_MACS:
+        yield
+        return
+    numba.set_num_threads(1)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(threads)
+
+
 def _conv_transpose(x, w, b, geo: attrs.ConvGeometry, affine: ChannelAffine | None) -> np.ndarray:
+    with _threads_for(geo):
+        return _conv_transpose_any(x, w, b, geo, affine)
+
+
+def _conv_transpose_any(x, w, b, geo: attrs.ConvGeometry, affine: ChannelAffine | None) -> np.ndarray:
     channels_per_group = geo.c_in // geo.group
     # each output phase has about as many positions as the input
     if _blas_wins(channels_per_group, CONV_TRANSPOSE_GEMM_MIN_CHANNELS, math.prod(geo.input_shape)):
@@ -292,11 +324,12 @@ def conv(x, w, b=None, *, group=1, strides=None, pads=None, dilations=None, auto
     x, w, b, geo = _operands(x, w, b, transposed=False, group=group, strides=strides, pads=pads,
                              dilations=dilations, auto_pad=auto_pad, kernel_shape=kernel_shape)
     channels_per_group = geo.c_in // geo.group
-    if _blas_wins(channels_per_group, CONV_GEMM_MIN_CHANNELS, math.prod(geo.output_shape)):
-        return _conv_gemm(x, w, b, geo)
-    if channels_per_group >= CONV_TILES_MIN_CHANNELS:
-        return _conv_tiles(x, w, b, geo)
-    return _conv_direct(x, w, b, geo)
+    with _threads_for(geo):
+        if _blas_wins(channels_per_group, CONV_GEMM_MIN_CHANNELS, math.prod(geo.output_shape)):
+            return _conv_gemm(x, w, b, geo)
+        if channels_per_group >= CONV_TILES_MIN_CHANNELS:
+            return _conv_tiles(x, w, b, geo)
+        return _conv_direct(x, w, b, geo)
 
 
 def fast_kernels_in_float64(x, w, b=None, *, transposed: bool, **attributes) -> np.ndarray:

@@ -379,3 +379,31 @@ def test_tiled_kernel_edges(shape, c_out_g, attributes, dtype):
         result = compare(fused, expected, bound=site_bound(x, w, b, affine, transposed=True, dtype=dtype,
                                                            **attributes))
         assert result.passed, result.summary()
+
+
+def test_a_small_layer_runs_on_one_thread_when_the_pools_sleep(monkeypatch):
+    import numba
+
+    from fusion import ops
+
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("one thread only")
+    seen = []
+    real = ops._conv_transpose_any
+    monkeypatch.setattr(ops, "_conv_transpose_any", lambda *a: seen.append(numba.get_num_threads()) or real(*a))
+    x = np.ones((1, 16, 8, 8), np.float32)
+    small, large = np.ones((16, 16, 4, 4), np.float32), np.ones((16, 256, 4, 4), np.float32)
+    before = numba.get_num_threads()
+    numba.set_num_threads(2)
+    try:
+        monkeypatch.setattr(ops, "NUMBA_POOL_SPINS", False)
+        y = ops.conv_transpose(x, small, strides=[2, 2], pads=[1, 1, 1, 1])  # 0.26 M multiply-adds
+        ops.conv_transpose(np.ones((1, 16, 16, 16), np.float32), large, strides=[2, 2], pads=[1, 1, 1, 1])  # 16.8 M
+        monkeypatch.setattr(ops, "NUMBA_POOL_SPINS", True)
+        ops.conv_transpose(x, small, strides=[2, 2], pads=[1, 1, 1, 1])
+        assert numba.get_num_threads() == 2  # restored
+    finally:
+        numba.set_num_threads(before)
+    assert seen == [1, 2, 2]
+    np.testing.assert_allclose(y, fusion.reference.conv_transpose(x, small, strides=[2, 2], pads=[1, 1, 1, 1]),
+                               rtol=1e-5, atol=1e-4)
