@@ -80,7 +80,8 @@ def default_engines() -> tuple[str, ...]:
 
 def run(*, quick: bool = False, threads_list=(1, 2), repetitions: int | None = None, engines=None, progress=None,
         min_seconds: float | None = None, suite=None) -> dict:
-    """Run the suite (``suite``: other shapes instead of ``SUITE``); returns a JSON-ready dict with environment, peaks and one row per (shape, engine, path).
+    """Run the suite (``suite``: other shapes instead of ``SUITE``) on ``engines`` (default: ``default_engines()``);
+    returns a JSON-ready dict with environment, peaks and one row per (shape, engine, path).
 
     Each shape gets ``repetitions`` rounds, or more where a round is fast: as many as take ``min_seconds`` (default
     2, quick 0), up to ``MORE_ROUNDS`` times as many. A sub-millisecond layer's time depends on what ran just before
@@ -238,7 +239,7 @@ def _pytorch_paths(spec: SiteSpec, site, x: np.ndarray, w_f: np.ndarray, b_f: np
                     groups=site.group, dilation=tuple(geometry.dilations))
     tx, tw, tb, twf, tbf = (torch.from_numpy(np.array(a, np.float32)) for a in (x, site.w, site.b, w_f, b_f))
     bn = site.batch_norm
-    stats = [torch.from_numpy(np.asarray(bn[k], np.float32)) for k in ("mean", "var", "scale", "bias")]
+    stats = [torch.from_numpy(np.array(bn[k], np.float32)) for k in ("mean", "var", "scale", "bias")]
 
     def unfused():
         with torch.inference_mode():

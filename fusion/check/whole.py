@@ -383,7 +383,8 @@ class WholeModelJudge:
         """A wrong tensor with right inputs (``check``: its stage check, or its context check when its shape is
         wrong): inside a fused site, or outside every fusion site."""
         inside = [s for s in self.sites if node_label(s.conv) in nodes]
-        lines = [f"{node.op_type} node {node_label(node)!r} writes {name!r}, wrong on its own inputs: {check.summary()}"]
+        lines = [f"{node.op_type} node {node_label(node)!r} writes {name!r}, wrong on its own inputs: "
+                 f"{check.summary()}"]
         local = self.local.get(name) if check.shape is None else None
         if not inside:
             lines.append("this lies outside the fusion sites" + (

@@ -368,7 +368,8 @@ def oracle_agrees(spec: SiteSpec, seed: int = 0) -> tuple[bool, str]:
     judgement = judge_output(site, expectation(site, feeds[site.input_name]), value)
     if judgement.passed:
         return True, "onnxruntime (optimizations off) agrees with the float64 reference"
-    return False, f"onnxruntime (optimizations off) disagrees with the float64 reference: {judgement.comparison.summary()}"
+    return False, ("onnxruntime (optimizations off) disagrees with the float64 reference: "
+                   f"{judgement.comparison.summary()}")
 
 
 def _report(out: Path, engine, seed: int, budget: int, outcomes: list[Outcome], shrink_budget: int,

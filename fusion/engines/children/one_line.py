@@ -3,9 +3,9 @@ never by the fusion package.
 
 An error is one line (the exception's type and its last line, which is what the parent reports). Run as
 ``SCRIPT ARGS...`` a script does one step and exits (0, or 5 after saying why on stderr). Run as ``SCRIPT serve`` it
-reads one JSON list of arguments a line on stdin and answers each on the file descriptor named by ``FUSION_REPLY_FD`` with ``{"ok": true}`` or
-``{"ok": false, "error": LINE}``, so that a parent pays for starting Python and importing the engine once; the
-engine's own prints go to stdout and stderr, which the parent keeps apart.
+reads one JSON list of arguments a line on stdin and answers each on the file descriptor named by
+``FUSION_REPLY_FD`` with ``{"ok": true}`` or ``{"ok": false, "error": LINE}``, so that a parent pays for starting
+Python and importing the engine once; the engine's own prints go to stdout and stderr, which the parent keeps apart.
 """
 
 import json
