@@ -386,12 +386,12 @@ class WholeModelJudge:
         lines = [f"{node.op_type} node {node_label(node)!r} writes {name!r}, wrong on its own inputs: "
                  f"{check.summary()}"]
         local = self.local.get(name) if check.shape is None else None
+        channels = per_channel(values[name], local, check.tolerance, what="tensor") if local is not None else []
         if not inside:
             lines.append("this lies outside the fusion sites" + (
                 f": the converter computes {len(nodes)} ONNX nodes there as one unit ({', '.join(sorted(nodes)[:4])}"
                 f"{' ...' if len(nodes) > 4 else ''})" if len(nodes) > 1 else ""))
-            lines += per_channel(values[name], local, check.tolerance, what="tensor") if local is not None else []
-            return FirstWrong(name, node_label(node), None, lines)
+            return FirstWrong(name, node_label(node), None, lines + channels)
         site = inside[0]
         verdict = self.report.sites[site.index]
         found = broadcast_as_channel(self.graph, site, name, self.site_input(site, values), values[name])
@@ -401,7 +401,7 @@ class WholeModelJudge:
         else:
             lines.append(f"the converter merged site {site.index} ({site.label}) with the nodes up to {name!r} "
                          "into one computation, and that is wrong")
-            lines += per_channel(values[name], local, check.tolerance, what="tensor") if local is not None else []
+            lines += channels
             verdict.codes.append(Code.WRONG_VALUES.value if check.shape is None else Code.WRONG_SHAPE.value)
         verdict.status = "fail"
         verdict.explanations += lines

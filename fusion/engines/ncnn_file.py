@@ -65,7 +65,7 @@ class NcnnModel:
 def _value(text: str):
     if text.startswith('"'):
         return text.strip('"')  # a shape expression (Reshape's 6=...), kept as written
-    return float(text) if any(c in text for c in ".eE") and not text.lstrip("-").isdigit() else int(text)
+    return float(text) if any(c in text for c in ".eE") else int(text)
 
 
 def read_param(path: Path) -> list[Layer]:
