@@ -193,8 +193,11 @@ def judge_params(site: Site, ref: SiteExpectation, params: EngineParams
                                                            bound=b_bound + b_flush)
             if flushed_w.passed and (flushed_b is None or flushed_b.passed):
                 zeroed = int(((w_eff == 0) & (ref.w_folded != 0)).sum())
+                zeroed_b = 0 if b_eff is None else int(((b_eff == 0) & (ref.b_folded != 0)).sum())
+                how = (f"{zeroed} weights and {zeroed_b} bias values below 2**-126 stored as 0" if zeroed or zeroed_b
+                       else "none stored as 0: subnormal values, which keep fewer bits")
                 notes.append(f"fused parameters within the float32 fold's bound once subnormals may be flushed to "
-                             f"zero ({zeroed} weights below 2**-126 stored as 0)")
+                             f"zero ({how})")
                 weight, bias = flushed_w, flushed_b
                 w_bound, b_bound = w_bound + w_flush, b_bound + b_flush
     passed = weight.passed and (bias is None or bias.passed)
