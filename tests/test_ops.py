@@ -1,5 +1,9 @@
 """The Numba kernels agree with the float64 reference and with onnxruntime; impulses land on the right tap."""
 
+import os
+import subprocess
+import sys
+
 import numba
 import numpy as np
 import pytest
@@ -407,3 +411,65 @@ def test_a_small_layer_runs_on_one_thread_when_the_pools_sleep(monkeypatch):
     assert seen == [1, 2, 2]
     np.testing.assert_allclose(y, fusion.reference.conv_transpose(x, small, strides=[2, 2], pads=[1, 1, 1, 1]),
                                rtol=1e-5, atol=1e-4)
+
+
+_FORCED_WIDTH_CHILD = """
+import numpy as np
+import fusion
+from fusion import ops, reference
+from fusion.bounds import site_bound
+from fusion.compare import compare
+from fusion.kernels import microkernel
+
+assert microkernel.VECTOR_BYTES == {width}
+rng = np.random.default_rng(0)
+for dtype in (np.float32, np.float64):
+    # 6 + 5 output channels a group: tiles of every row count the split makes (6, 5, 4, 3 with 7 -> 4 + 3, ...)
+    for c_out_g in (1, 2, 3, 7, 11):
+        x = rng.standard_normal((1, 16, 7, 9)).astype(dtype)
+        attributes = dict(group=2, strides=[2, 3], pads=[1, 0, 1, 2])
+        w = rng.standard_normal((16, c_out_g, 3, 4)).astype(dtype)
+        b = rng.standard_normal(2 * c_out_g).astype(dtype)
+        with ops._forced_kernel("ConvTranspose", "tiles"):
+            got = fusion.conv_transpose(x, w, b, **attributes)
+        result = compare(got, reference.conv_transpose(x, w, b, **attributes),
+                         bound=site_bound(x, w, b, transposed=True, dtype=dtype, **attributes))
+        assert result.passed, ("ConvTranspose", dtype, c_out_g, result.summary())
+        w = rng.standard_normal((2 * c_out_g, 8, 3, 2)).astype(dtype)
+        attributes = dict(group=2, strides=[2, 1], dilations=[1, 2], pads=[1, 1, 0, 1])
+        with ops._forced_kernel("Conv", "tiles"):
+            got = fusion.conv(x, w, b, **attributes)
+        result = compare(got, reference.conv(x, w, b, **attributes),
+                         bound=site_bound(x, w, b, transposed=False, dtype=dtype, **attributes))
+        assert result.passed, ("Conv", dtype, c_out_g, result.summary())
+fmas = [line for line in next(iter(ops.tiled_gemms.inspect_asm().values())).splitlines() if "vfmadd" in line]
+print(sorted({{name for line in fmas for name in ("xmm", "ymm", "zmm") if name in line}}))
+"""
+
+
+@pytest.mark.parametrize("width", [16, 32, 64])
+def test_the_tiled_kernels_are_right_at_every_forced_vector_width(tmp_path, width):
+    """``FUSION_VECTOR_BYTES`` forces the tile's vector width, so that each width's tiling (``NR``, ``KC``, the spare
+    rows a tile reads past) is tested on any CPU; the host's own width runs in every other test. The FMAs are in the
+    forced registers where the CPU has them (LLVM splits wider ones)."""
+    from fusion.kernels.microkernel import HOST_VECTOR_BYTES
+
+    if width == HOST_VECTOR_BYTES:
+        pytest.skip("the host's width: every other test runs it")
+    env = dict(os.environ, FUSION_VECTOR_BYTES=str(width), NUMBA_CACHE_DIR=str(tmp_path))
+    out = subprocess.run([sys.executable, "-c", _FORCED_WIDTH_CHILD.format(width=width)], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    registers = out.stdout.split("\n")[-2]
+    expected = {16: "xmm", 32: "ymm", 64: "zmm" if HOST_VECTOR_BYTES == 64 else "ymm"}[width]
+    assert registers == str([expected]), registers
+
+
+def test_a_forced_vector_width_needs_a_cache_of_its_own():
+    env = {key: value for key, value in os.environ.items() if key != "NUMBA_CACHE_DIR"}
+    for value, message in (("32", "needs a NUMBA_CACHE_DIR of its own"), ("24", "expected 16, 32 or 64")):
+        env["FUSION_VECTOR_BYTES"] = value
+        env["NUMBA_CACHE_DIR"] = "" if value == "32" else "/tmp/unused"
+        out = subprocess.run([sys.executable, "-c", "import fusion"], env=env, capture_output=True, text=True,
+                             timeout=120)
+        assert out.returncode != 0 and message in out.stderr, out.stderr[-2000:]

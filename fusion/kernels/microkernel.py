@@ -20,6 +20,8 @@ result is the same from run to run.
 
 from __future__ import annotations
 
+import os
+
 import llvmlite.binding as llvm_binding
 from llvmlite import ir
 from numba import njit, types
@@ -35,7 +37,24 @@ VECTORS_PER_ROW = 2
 # The CPU's widest vectors: 64 bytes with AVX-512, 32 with AVX, else 16. Numba's on-disk cache is keyed by the CPU, so
 # code compiled for one width is never loaded on a CPU of another.
 _FEATURES = llvm_binding.get_host_cpu_features()
-VECTOR_BYTES = 64 if _FEATURES.get("avx512f") else 32 if _FEATURES.get("avx") else 16
+HOST_VECTOR_BYTES = 64 if _FEATURES.get("avx512f") else 32 if _FEATURES.get("avx") else 16
+# FUSION_VECTOR_BYTES (16, 32 or 64) forces the width, so that each width's tiling is tested on any CPU (LLVM splits
+# vectors wider than the CPU's). Not part of Numba's cache key: it needs a NUMBA_CACHE_DIR of its own.
+FORCED_VECTOR_BYTES = os.environ.get("FUSION_VECTOR_BYTES", "")
+
+
+def _vector_bytes() -> int:
+    if not FORCED_VECTOR_BYTES:
+        return HOST_VECTOR_BYTES
+    if FORCED_VECTOR_BYTES not in ("16", "32", "64"):
+        raise ValueError(f"FUSION_VECTOR_BYTES={FORCED_VECTOR_BYTES!r}: expected 16, 32 or 64")
+    if not os.environ.get("NUMBA_CACHE_DIR"):
+        raise ValueError("FUSION_VECTOR_BYTES needs a NUMBA_CACHE_DIR of its own: Numba's cache would otherwise keep "
+                         "code of the forced width for later runs")
+    return int(FORCED_VECTOR_BYTES)
+
+
+VECTOR_BYTES = _vector_bytes()
 
 
 def lanes(itemsize: int) -> int:
