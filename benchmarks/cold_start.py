@@ -3,9 +3,9 @@
     python benchmarks/cold_start.py
 
 Runs the same child with a new, empty NUMBA_CACHE_DIR (the first-ever calls compile the kernels and fill the cache),
-then three more times with the cache warm. The child imports fusion, runs a decoder-like
-ConvTranspose (the tiled phase GEMM) and a Conv (the polyphase tiled GEMM), then the two other ConvTranspose paths
-and a BatchNorm. Reports seconds from process start to the Conv's result, and to the last.
+then three more times with the cache warm. The child imports fusion, runs a decoder-like ConvTranspose (the tiled
+phase GEMM) and a Conv (the polyphase tiled GEMM), then the two other ConvTranspose paths and a BatchNorm. Reports
+seconds from process start to the Conv's result, and to the last.
 """
 
 import os

@@ -40,18 +40,18 @@ _FEATURES = llvm_binding.get_host_cpu_features()
 HOST_VECTOR_BYTES = 64 if _FEATURES.get("avx512f") else 32 if _FEATURES.get("avx") else 16
 # FUSION_VECTOR_BYTES (16, 32 or 64) forces the width, so that each width's tiling is tested on any CPU (LLVM splits
 # vectors wider than the CPU's). Not part of Numba's cache key: it needs a NUMBA_CACHE_DIR of its own.
-FORCED_VECTOR_BYTES = os.environ.get("FUSION_VECTOR_BYTES", "")
 
 
 def _vector_bytes() -> int:
-    if not FORCED_VECTOR_BYTES:
+    forced = os.environ.get("FUSION_VECTOR_BYTES", "")
+    if not forced:
         return HOST_VECTOR_BYTES
-    if FORCED_VECTOR_BYTES not in ("16", "32", "64"):
-        raise ValueError(f"FUSION_VECTOR_BYTES={FORCED_VECTOR_BYTES!r}: expected 16, 32 or 64")
+    if forced not in ("16", "32", "64"):
+        raise ValueError(f"FUSION_VECTOR_BYTES={forced!r}: expected 16, 32 or 64")
     if not os.environ.get("NUMBA_CACHE_DIR"):
         raise ValueError("FUSION_VECTOR_BYTES needs a NUMBA_CACHE_DIR of its own: Numba's cache would otherwise keep "
                          "code of the forced width for later runs")
-    return int(FORCED_VECTOR_BYTES)
+    return int(forced)
 
 
 VECTOR_BYTES = _vector_bytes()
