@@ -1,8 +1,11 @@
 """Golden definitions: ONNX ConvTranspose, Conv, BatchNormalization and Scale as plain float64 loops.
 
-Slow on purpose. Each function walks the definition in the ONNX spec index by index (vectorised only over
-the batch axis), so that it can be read against the spec and trusted as the oracle for the fast kernels.
-Inputs of any float dtype are computed in float64 and returned in float64.
+Plain on purpose, so that each can be read against the ONNX spec and trusted as the oracle for the fast kernels:
+ConvTranspose and Conv walk (channel, tap) pairs one at a time and, for each, move a whole box of positions at once
+(the batch and every position the tap reaches). One tap joins one input position to one output position, so each
+output element receives its terms in (channel, tap) order, one multiply and one add each: the same float64 sum, term
+by term, as a loop over single positions (``tests/test_reference.py`` holds that loop and compares them bit for
+bit), at numpy speed. Inputs of any float dtype are computed in float64 and returned in float64.
 """
 
 from __future__ import annotations
@@ -32,6 +35,26 @@ def _bias(b, channels: int, node: str) -> np.ndarray:
     return b
 
 
+def _tap_boxes(tap, geo, *, transposed):
+    """``(input box, output box)``: the positions tap ``tap`` joins, as tuples of slices (None when it joins none).
+
+    Along each axis, with ``off = t*dilation - pad_begin``: ConvTranspose's input ``i`` feeds output
+    ``o = i*stride + off``, Conv's output ``o`` reads input ``i = o*stride + off``; both ends in range."""
+    near, far = [], []
+    for t, s, d, p, n_in, n_out in zip(tap, geo.strides, geo.dilations, geo.pads_begin, geo.input_shape,
+                                          geo.output_shape):
+        off = t * d - p
+        # the strided side (output for ConvTranspose, input for Conv) runs from off + first*s by s
+        n_dense, n_strided = (n_in, n_out) if transposed else (n_out, n_in)
+        first = max(0, -(off // s))  # the smallest index whose strided partner is >= 0
+        last = min(n_dense - 1, (n_strided - 1 - off) // s)
+        if last < first:
+            return None
+        near.append(slice(first, last + 1))
+        far.append(slice(off + first * s, off + last * s + 1, s))
+    return (tuple(near), tuple(far)) if transposed else (tuple(far), tuple(near))
+
+
 def conv_transpose(x, w, b=None, *, group=1, strides=None, pads=None, dilations=None, output_padding=None,
                    output_shape=None, auto_pad="NOTSET", kernel_shape=None) -> np.ndarray:
     """ONNX ConvTranspose in float64.
@@ -53,11 +76,10 @@ def conv_transpose(x, w, b=None, *, group=1, strides=None, pads=None, dilations=
             for j in range(c_out_g):
                 oc = g * c_out_g + j
                 for tap in itertools.product(*(range(k) for k in geo.kernel_shape)):
-                    for i in itertools.product(*(range(s) for s in geo.input_shape)):
-                        o = tuple(i_a * s + t * d - p for i_a, t, s, d, p in
-                                  zip(i, tap, geo.strides, geo.dilations, geo.pads_begin))
-                        if all(0 <= o_a < n for o_a, n in zip(o, geo.output_shape)):
-                            y[(slice(None), oc) + o] += x[(slice(None), ci) + i] * w[(ci, j) + tap]
+                    boxes = _tap_boxes(tap, geo, transposed=True)
+                    if boxes is not None:
+                        i, o = boxes
+                        y[(slice(None), oc) + o] += x[(slice(None), ci) + i] * w[(ci, j) + tap]
     y += _bias(b, geo.c_out, "conv_transpose").reshape((1, -1) + (1,) * geo.rank)
     return y
 
@@ -80,11 +102,10 @@ def conv(x, w, b=None, *, group=1, strides=None, pads=None, dilations=None, auto
         g = oc // c_out_g
         for ci in range(c_in_g):
             for tap in itertools.product(*(range(k) for k in geo.kernel_shape)):
-                for o in itertools.product(*(range(s) for s in geo.output_shape)):
-                    i = tuple(o_a * s + t * d - p for o_a, t, s, d, p in
-                              zip(o, tap, geo.strides, geo.dilations, geo.pads_begin))
-                    if all(0 <= i_a < n for i_a, n in zip(i, geo.input_shape)):
-                        y[(slice(None), oc) + o] += x[(slice(None), g * c_in_g + ci) + i] * w[(oc, ci) + tap]
+                boxes = _tap_boxes(tap, geo, transposed=False)
+                if boxes is not None:
+                    i, o = boxes
+                    y[(slice(None), oc) + o] += x[(slice(None), g * c_in_g + ci) + i] * w[(oc, ci) + tap]
     y += _bias(b, geo.c_out, "conv").reshape((1, -1) + (1,) * geo.rank)
     return y
 
