@@ -40,7 +40,7 @@ def _tap_boxes(tap, geo, *, transposed):
 
     Along each axis, with ``off = t*dilation - pad_begin``: ConvTranspose's input ``i`` feeds output
     ``o = i*stride + off``, Conv's output ``o`` reads input ``i = o*stride + off``; both ends in range."""
-    near, far = [], []
+    dense, strided = [], []
     for t, s, d, p, n_in, n_out in zip(tap, geo.strides, geo.dilations, geo.pads_begin, geo.input_shape,
                                           geo.output_shape):
         off = t * d - p
@@ -50,9 +50,9 @@ def _tap_boxes(tap, geo, *, transposed):
         last = min(n_dense - 1, (n_strided - 1 - off) // s)
         if last < first:
             return None
-        near.append(slice(first, last + 1))
-        far.append(slice(off + first * s, off + last * s + 1, s))
-    return (tuple(near), tuple(far)) if transposed else (tuple(far), tuple(near))
+        dense.append(slice(first, last + 1))
+        strided.append(slice(off + first * s, off + last * s + 1, s))
+    return (tuple(dense), tuple(strided)) if transposed else (tuple(strided), tuple(dense))
 
 
 def conv_transpose(x, w, b=None, *, group=1, strides=None, pads=None, dilations=None, output_padding=None,

@@ -4,6 +4,7 @@ the ONNX spec read one position at a time (the loops below), on every geometry `
 import itertools
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -47,24 +48,31 @@ def conv_position_by_position(x, w, b, **attributes):
     return y + (0 if b is None else b.astype(np.float64).reshape((1, -1) + (1,) * geo.rank))
 
 
+# (the golden definition, the spec read position by position), by ``transposed``
+DEFINITIONS = {True: (reference.conv_transpose, conv_transpose_position_by_position),
+               False: (reference.conv, conv_position_by_position)}
+
+
 @settings(max_examples=150)
 @given(transposed=st.booleans(), data=st.data(), seed=st.integers(0, 2**32 - 1))
 def test_the_golden_definitions_are_the_spec_bit_for_bit(transposed, data, seed):
     config = data.draw(conv_configs(transposed=transposed))
     x, w, b = arrays_for(config, np.random.default_rng(seed))
-    golden, by_position = ((reference.conv_transpose, conv_transpose_position_by_position) if transposed else
-                           (reference.conv, conv_position_by_position))
+    golden, by_position = DEFINITIONS[transposed]
     np.testing.assert_array_equal(golden(x, w, b, **config["attributes"]),
                                   by_position(x, w, b, **config["attributes"]))
 
 
-def test_a_tap_that_reaches_no_position_adds_nothing():
-    """Pads larger than a dilated tap's reach (Conv) and an output_shape that crops (ConvTranspose): some taps join
-    no position at all, and the rest must still be summed."""
+@pytest.mark.parametrize("transposed, attributes", [
+    (False, dict(strides=[3, 1], pads=[4, 0, 4, 2], dilations=[3, 1])),
+    (True, dict(strides=[2, 1], pads=[5, 0, 5, 0], dilations=[3, 1])),
+], ids=["Conv", "ConvTranspose"])
+def test_a_tap_that_reaches_no_position_adds_nothing(transposed, attributes):
+    """Pads wider than a dilated tap's reach: some taps join no position at all, and the rest must still be summed."""
     rng = np.random.default_rng(3)
     x, w = rng.standard_normal((2, 2, 3, 4)), rng.standard_normal((2, 2, 3, 3))
-    conv = dict(strides=[3, 1], pads=[4, 0, 4, 2], dilations=[3, 1])
-    np.testing.assert_array_equal(reference.conv(x, w, None, **conv), conv_position_by_position(x, w, None, **conv))
-    transpose = dict(strides=[2, 3], pads=[3, 0, 3, 4], output_padding=[1, 0], dilations=[2, 1])
-    np.testing.assert_array_equal(reference.conv_transpose(x, w, None, **transpose),
-                                  conv_transpose_position_by_position(x, w, None, **transpose))
+    geo = attrs.resolve(x.shape, w.shape, transposed=transposed, **attributes)
+    reached = [reference._tap_boxes(tap, geo, transposed=transposed) is not None for tap in np.ndindex(3, 3)]
+    assert 0 < sum(reached) < len(reached)  # the case covers what its name says
+    golden, by_position = DEFINITIONS[transposed]
+    np.testing.assert_array_equal(golden(x, w, None, **attributes), by_position(x, w, None, **attributes))
