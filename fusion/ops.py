@@ -22,7 +22,8 @@ from fusion.kernels.col2im import col2im_3d, col2im_3d_serial, im2col_3d
 from fusion.kernels.conv import conv_3d
 from fusion.kernels.conv_transpose_phases import conv_transpose_phases, plan
 from fusion.kernels.conv_polyphase import split_input, split_plan
-from fusion.kernels.tiles import pad_input, tiled_gemms
+from fusion.kernels.shared import pad_input
+from fusion.kernels.tiles import tiled_gemms
 
 DTYPES = (np.float32, np.float64)
 # Which kernel runs is decided by the input channels per group and the positions per output phase; each switch point
@@ -190,7 +191,7 @@ def _conv_transpose_phases(x, w, b, geo: attrs.ConvGeometry, affine: ChannelAffi
         tiled_gemms(xp.reshape(-1), xp.shape[1], padded_shape[1] * padded_shape[2], padded_shape[2], w.reshape(-1),
                     w_strides, geo.group, c_in_g, scale, shift, strides, phase_plan.phase_origin,
                     phase_plan.phase_counts, phase_plan.phase_start, phase_plan.tap_index, phase_plan.tap_shift,
-                    numba.get_num_threads(), _lift(y))
+                    _lift(y))
     else:
         conv_transpose_phases(_lift(x), w.reshape(w.shape[0], w.shape[1], -1), scale, shift, geo.group, strides,
                               padded_shape, phase_plan.padded_offset, phase_plan.phase_origin, phase_plan.phase_counts,
@@ -276,8 +277,7 @@ def _conv_tiles(x, w, b, geo: attrs.ConvGeometry) -> np.ndarray:
     w_strides = (geo.c_out // group * c_in_g * taps, taps, c_in_g * taps)
     tiled_gemms(xs.reshape(-1), xs.shape[1], phase_shape[1] * phase_shape[2], phase_shape[2], w.reshape(-1),
                 w_strides, group, c_in_g, np.ones(geo.c_out, x.dtype), b, (1, 1, 1), split.phase_origin,
-                split.phase_counts, split.phase_start, split.tap_index, split.tap_shift, numba.get_num_threads(),
-                _lift(y))
+                split.phase_counts, split.phase_start, split.tap_index, split.tap_shift, _lift(y))
     return y
 
 

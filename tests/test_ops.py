@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import warnings
 
 import numba
 import numpy as np
@@ -11,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import fusion
-from fusion import reference
+from fusion import ops, reference
 from fusion.bounds import site_bound
 from fusion.compare import compare
 from onnx_models import run_ort, single_node_model
@@ -136,6 +137,44 @@ def test_output_dtype_follows_input_and_weights_are_cast():
     w = np.ones((2, 1, 2), np.float64)
     assert fusion.conv_transpose(x, w, group=2).dtype == np.float32
     assert fusion.conv(x.astype(np.float64), w.astype(np.float32), group=2).dtype == np.float64
+
+
+def test_unaligned_and_strided_inputs_give_the_same_result():
+    """The kernels take C-contiguous arrays: the ops copy strided inputs first (never the caller's array); an
+    unaligned one is read as it is."""
+    rng = np.random.default_rng(3)
+    x, w = rng.standard_normal((1, 4, 5, 6)).astype(np.float32), rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    expected = fusion.conv_transpose(x, w, strides=[2, 2])
+    for as_given in (_unaligned, lambda a: np.repeat(a, 2, axis=-1)[..., ::2]):
+        np.testing.assert_array_equal(fusion.conv_transpose(as_given(x), as_given(w), strides=[2, 2]), expected)
+        np.testing.assert_array_equal(fusion.batch_norm(as_given(x), np.ones(4), np.zeros(4), np.zeros(4),
+                                                        np.ones(4)), fusion.batch_norm(x, np.ones(4), np.zeros(4),
+                                                                                       np.zeros(4), np.ones(4)))
+
+
+@pytest.mark.parametrize("kernel", ["direct", "tiles"])
+def test_infinities_in_the_data_raise_no_numpy_warning(kernel):
+    """inf - inf in a kernel sets the invalid-operation flag, which NumPy reports as a RuntimeWarning after any loop
+    of its own (a gufunc's too): the kernels run outside NumPy's machinery, and the NaN is the caller's to judge."""
+    x = np.full((1, 8, 4, 4), np.inf, np.float32)
+    # +1 from even input channels, -1 from odd ones: every output sums inf and -inf
+    w = np.broadcast_to(np.where(np.arange(8) % 2 == 0, 1.0, -1.0).astype(np.float32)[:, None, None, None],
+                        (8, 2, 3, 3)).copy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with ops._forced_kernel("ConvTranspose", kernel):
+            y = fusion.conv_transpose(x, w, strides=[2, 2])
+        with ops._forced_kernel("Conv", kernel):
+            fusion.conv(x, w.transpose(1, 0, 2, 3).copy())
+        fusion.scale(x, np.zeros(8))  # inf * 0
+    assert np.isnan(y).any()
+
+def _unaligned(array: np.ndarray) -> np.ndarray:
+    """A copy of ``array`` whose data starts one byte past an aligned address."""
+    buffer = np.empty(array.nbytes + 1, np.uint8)
+    unaligned = buffer[1:].view(array.dtype).reshape(array.shape)
+    unaligned[...] = array
+    return unaligned
 
 
 @pytest.mark.parametrize("transposed", [True, False], ids=["ConvTranspose", "Conv"])
@@ -419,7 +458,7 @@ import fusion
 from fusion import ops, reference
 from fusion.bounds import site_bound
 from fusion.compare import compare
-from fusion.kernels import microkernel
+from fusion.kernels import microkernel, tiles
 
 assert microkernel.VECTOR_BYTES == {width}
 rng = np.random.default_rng(0)
@@ -442,7 +481,7 @@ for dtype in (np.float32, np.float64):
         result = compare(got, reference.conv(x, w, b, **attributes),
                          bound=site_bound(x, w, b, transposed=False, dtype=dtype, **attributes))
         assert result.passed, ("Conv", dtype, c_out_g, result.summary())
-fmas = [line for line in next(iter(ops.tiled_gemms.inspect_asm().values())).splitlines() if "vfmadd" in line]
+fmas = [line for line in next(iter(tiles._tile_loop.inspect_asm().values())).splitlines() if "vfmadd" in line]
 print(sorted({{name for line in fmas for name in ("xmm", "ymm", "zmm") if name in line}}))
 """
 

@@ -6,10 +6,12 @@ owns one output plane ``y[n, oc]``, so no two threads write the same element.
 Conv as GEMM: ``im2col`` gathers ``cols[n, ci, tap, o] = x[n, ci, o*stride + tap*dilation - pad]`` (0 outside).
 """
 
-from numba import njit, prange
+import numpy as np
+from numba import njit
 
-from fusion.kernels.config import PARALLEL, SERIAL, uintp
+from fusion.kernels.config import SERIAL, uintp
 from fusion.kernels.conv import finish_plane, valid_range
+from fusion.kernels.launch import tasks, triple
 
 
 @njit(**SERIAL)
@@ -94,12 +96,20 @@ def _col2im_task(cols, b, strides, dilations, pads_begin, apply_affine, mul, sub
         finish_plane(out, mul[oc], sub[oc], add[oc])
 
 
-@njit(**PARALLEL)
 def col2im_3d(cols, b, strides, dilations, pads_begin, apply_affine, mul, sub, add, y):
     """``y[n, oc] = b[oc] + col2im(cols[n, oc])``, then, if ``apply_affine``, ``(y - sub[oc]) * mul[oc] + add[oc]``
     as each plane is finished. cols: (n, c_out, kd, kh, kw, d, h, w)."""
-    for task in prange(y.shape[0] * y.shape[1]):
-        _col2im_task(cols, b, strides, dilations, pads_begin, apply_affine, mul, sub, add, y, task)
+    _col2im_loop(y.shape[0] * y.shape[1], cols, b, np.array(strides + dilations + pads_begin + (apply_affine,),
+                                                             np.int64), mul, sub, add, y)
+
+
+@tasks
+def _col2im_loop(first, last, cols, b, geometry, mul, sub, add, y):
+    """``_col2im_task`` for planes ``first <= task < last``; ``geometry``: the strides, dilations, begin pads, then
+    whether to apply the affine map."""
+    for task in range(first, last):
+        _col2im_task(cols, b, triple(geometry, 0), triple(geometry, 3), triple(geometry, 6), geometry[9] != 0, mul,
+                     sub, add, y, task)
 
 
 @njit(**SERIAL)
@@ -148,37 +158,48 @@ def _gather_row_pairs(plane, d_range, h_range, w_range_a, w_range_b, strides, of
                 row_b[o_w] = row_in[2 * o_w + off_w + 1]
 
 
-@njit(**PARALLEL)
 def im2col_3d(x, strides, dilations, pads_begin, cols):
     """``cols[n, ci, kd, kh, kw, od, oh, ow] = x[n, ci, od*sd + kd*dd - pd, ...]`` (0 outside); caller allocates."""
-    n_batch, c_in = x.shape[0], x.shape[1]
+    _im2col_loop(x.shape[0] * x.shape[1], x, np.array(strides + dilations + pads_begin, np.int64), cols)
+
+
+@tasks
+def _im2col_loop(first, last, x, geometry, cols):
+    """``_im2col_task`` for planes ``first <= task < last``; ``geometry``: the strides, dilations, begin pads."""
+    for task in range(first, last):
+        _im2col_task(x, triple(geometry, 0), triple(geometry, 3), triple(geometry, 6), cols, task)
+
+
+@njit(**SERIAL)
+def _im2col_task(x, strides, dilations, pads_begin, cols, task):
+    """Plane ``task = n*c_in + ci`` of ``im2col_3d``."""
+    c_in = x.shape[1]
     sd, sh, sw = strides
     dd, dh, dw = dilations
     pd, ph, pw = pads_begin
     in_d, in_h, in_w = x.shape[2], x.shape[3], x.shape[4]
     out_d, out_h, out_w = cols.shape[5], cols.shape[6], cols.shape[7]
     kernel_w = cols.shape[4]
-    for task in prange(n_batch * c_in):
-        n, ci = task // c_in, task % c_in
-        plane = x[n, ci]
-        cols[n, ci] = 0
-        for kd in range(cols.shape[2]):
-            off_d = kd * dd - pd
-            d_range = valid_range(off_d, sd, out_d, in_d)
-            for kh in range(cols.shape[3]):
-                off_h = kh * dh - ph
-                h_range = valid_range(off_h, sh, out_h, in_h)
-                kw = 0
-                while kw < kernel_w:
-                    off_w = kw * dw - pw
-                    w_range = valid_range(off_w, sw, out_w, in_w)
-                    if sw == 2 and dw == 1 and kw + 1 < kernel_w:
-                        # taps kw and kw + 1 read neighbouring inputs: gather both in one loop
-                        _gather_row_pairs(plane, d_range, h_range, w_range, valid_range(off_w + 1, sw, out_w, in_w),
-                                          strides, (off_d, off_h, off_w), cols[n, ci, kd, kh, kw],
-                                          cols[n, ci, kd, kh, kw + 1])
-                        kw += 2
-                    else:
-                        _gather_rows(plane, d_range, h_range, w_range, strides, (off_d, off_h, off_w),
-                                     cols[n, ci, kd, kh, kw])
-                        kw += 1
+    n, ci = task // c_in, task % c_in
+    plane = x[n, ci]
+    cols[n, ci] = 0
+    for kd in range(cols.shape[2]):
+        off_d = kd * dd - pd
+        d_range = valid_range(off_d, sd, out_d, in_d)
+        for kh in range(cols.shape[3]):
+            off_h = kh * dh - ph
+            h_range = valid_range(off_h, sh, out_h, in_h)
+            kw = 0
+            while kw < kernel_w:
+                off_w = kw * dw - pw
+                w_range = valid_range(off_w, sw, out_w, in_w)
+                if sw == 2 and dw == 1 and kw + 1 < kernel_w:
+                    # taps kw and kw + 1 read neighbouring inputs: gather both in one loop
+                    _gather_row_pairs(plane, d_range, h_range, w_range, valid_range(off_w + 1, sw, out_w, in_w),
+                                      strides, (off_d, off_h, off_w), cols[n, ci, kd, kh, kw],
+                                      cols[n, ci, kd, kh, kw + 1])
+                    kw += 2
+                else:
+                    _gather_rows(plane, d_range, h_range, w_range, strides, (off_d, off_h, off_w),
+                                 cols[n, ci, kd, kh, kw])
+                    kw += 1

@@ -11,4 +11,3 @@ compute indices that are never negative (``valid_range`` clips them), so inner l
 from numpy import uintp  # noqa: F401  (re-exported for the kernels)
 
 SERIAL = {"cache": True, "nogil": True}
-PARALLEL = {"cache": True, "nogil": True, "parallel": True}

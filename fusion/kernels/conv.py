@@ -7,9 +7,11 @@ into the same element. Layouts: ``w: (c_out, c_in/group, kd, kh, kw)``; ``x: (n,
 ``fusion.kernels.tiles`` and ``fusion.kernels.col2im``.
 """
 
-from numba import njit, prange
+import numpy as np
+from numba import njit
 
-from fusion.kernels.config import PARALLEL, SERIAL, uintp
+from fusion.kernels.config import SERIAL, uintp
+from fusion.kernels.launch import tasks, triple
 
 
 @njit(**SERIAL)
@@ -67,12 +69,18 @@ def finish_plane(out, mul, sub, add):
         flat[k] = (flat[k] - sub) * mul + add
 
 
-@njit(**PARALLEL)
 def conv_3d(x, w, b, group, strides, dilations, pads_begin, y):
     """``y = Conv(x, w) + b``; ``y`` is allocated by the caller with the resolved output shape."""
-    n_batch, c_out = y.shape[0], y.shape[1]
-    for task in prange(n_batch * c_out):
+    _conv_loop(y.shape[0] * y.shape[1], x, w, b, np.array((group,) + strides + dilations + pads_begin, np.int64), y)
+
+
+@tasks
+def _conv_loop(first, last, x, w, b, geometry, y):
+    """Planes ``first <= n*c_out + oc < last`` of ``conv_3d``; ``geometry``: the group count, then the strides,
+    dilations and begin pads."""
+    c_out = y.shape[1]
+    for task in range(first, last):
         n, oc = task // c_out, task % c_out
         out = y[n, oc]
         out[...] = b[oc]
-        conv_plane(x, w, n, oc, group, strides, dilations, pads_begin, out)
+        conv_plane(x, w, n, oc, geometry[0], triple(geometry, 1), triple(geometry, 4), triple(geometry, 7), out)

@@ -10,16 +10,17 @@ the input; it also pads, so the GEMM needs no bounds checks.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
-from fusion.kernels.config import PARALLEL, SERIAL, uintp
+from fusion.kernels.config import SERIAL, uintp
 from fusion.kernels.conv import valid_range
-from fusion.kernels.shared import read_only_table
-from fusion.kernels.tiles import spared_buffer
+from fusion.kernels.launch import tasks, triple
+from fusion.kernels.shared import read_only_table, spared_buffer
 
 
 @dataclass(frozen=True)
@@ -94,13 +95,21 @@ def _split_channel(x_channel, strides, pads_begin, phase_shape, out):
                 phase += 1
 
 
-@njit(**PARALLEL)
 def split_input(x, strides, pads_begin, phase_shape):
     """Every channel of ``x: (n, c_in, d, h, w)`` split into its phases (``_split_channel``), flat, one channel after
-    another, in a ``fusion.kernels.tiles.spared_buffer``: the ``b`` of ``fusion.kernels.tiles.tiled_gemms``."""
+    another, in a ``fusion.kernels.shared.spared_buffer``: the ``b`` of ``fusion.kernels.tiles.tiled_gemms``."""
     n_batch, c_in = x.shape[0], x.shape[1]
-    channel_length = strides[0] * strides[1] * strides[2] * phase_shape[0] * phase_shape[1] * phase_shape[2]
-    xs = spared_buffer(n_batch * c_in, channel_length, x)
-    for channel in prange(n_batch * c_in):
-        _split_channel(x[channel // c_in, channel % c_in], strides, pads_begin, phase_shape, xs[channel])
+    channel_length = math.prod(strides) * math.prod(phase_shape)
+    xs = spared_buffer(n_batch * c_in, channel_length, x.dtype)
+    _split_loop(n_batch * c_in, x, np.array(strides + pads_begin + phase_shape, np.int64), xs)
     return xs
+
+
+@tasks
+def _split_loop(first, last, x, geometry, xs):
+    """Channels ``first <= n*c_in + c < last`` of ``split_input``; ``geometry``: the strides, the begin pads, the
+    phase shape."""
+    c_in = x.shape[1]
+    for channel in range(first, last):
+        _split_channel(x[channel // c_in, channel % c_in], triple(geometry, 0), triple(geometry, 3),
+                       triple(geometry, 6), xs[channel])

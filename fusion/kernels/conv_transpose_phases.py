@@ -20,10 +20,12 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
-from fusion.kernels.config import PARALLEL, SERIAL, uintp
-from fusion.kernels.shared import block_extent, most_counts, pad_channels, read_only_table, store_phases
+from fusion.kernels.config import SERIAL, uintp
+from fusion.kernels.launch import tasks, triple
+from fusion.kernels.shared import (block_extent, most_counts, pad_channels, pad_input, read_only_table,
+                                   store_phases)
 
 # Accumulator entries multiplied-and-added per pass over the (input channel, tap) pairs: 32 KiB of float32, an L1's
 # worth (benchmarks/NOTES.md, "Phase kernel").
@@ -259,7 +261,6 @@ def _block_sums(acc, counts, first, size, plane_first, pitch_h, pitch_w, xp, w, 
                            phase_index, phase_shift)
 
 
-@njit(**PARALLEL)
 def conv_transpose_phases(x, w, scale, shift, group, strides, padded_shape, padded_offset, phase_origin, phase_counts,
                           phase_start, tap_index, tap_shift, y):
     """``y[:, oc] = ConvTranspose(x, w)[:, oc] * scale[oc] + shift[oc]``: the bias alone is ``scale = 1, shift = b``;
@@ -270,49 +271,65 @@ def conv_transpose_phases(x, w, scale, shift, group, strides, padded_shape, padd
 
     Where a group's input feeds a single task (depthwise), the task pads it into a buffer of its own, which stays
     in cache. Where several tasks read a large group, padding per task would repeat the copy, so a first parallel
-    loop pads the input once for all.
+    loop pads the input once for all (``fusion.kernels.shared.pad_input``).
 
     A task sums all the phases of a depth phase over a block (``_block_size``), then stores the block's output rows
     in order (``store_phases``)."""
-    n_batch = y.shape[0]
-    c_in = x.shape[1]
-    c_out_g = w.shape[1]
+    n_batch, c_in, c_out_g = x.shape[0], x.shape[1], w.shape[1]
     c_in_g = c_in // group
-    pitch_w = padded_shape[2]
-    pitch_h = padded_shape[1] * pitch_w
+    pitch_h = padded_shape[1] * padded_shape[2]
     padded_length = padded_shape[0] * pitch_h
     blocks_per_group = (c_out_g + 1) // 2
     pad_per_task = blocks_per_group == 1 or c_in_g * padded_length * x.itemsize <= PAD_PER_TASK_BYTES
-    shared = np.empty((n_batch, 0 if pad_per_task else c_in, padded_length), x.dtype)  # empty when unused
-    if not pad_per_task:
-        for channel in prange(n_batch * c_in):
-            n, c = channel // c_in, channel % c_in
-            pad_channels(x[n, c:c + 1], padded_shape, padded_offset, shared[n, c:c + 1])
-    plane_phases = strides[1] * strides[2]
+    padded = np.empty((1, 1), x.dtype) if pad_per_task else pad_input(x, padded_shape, padded_offset)
     most = most_counts(phase_counts)
-    size = _block_size(most, plane_phases, pitch_h, pitch_w)
-    for task in prange(n_batch * group * blocks_per_group):
+    size = _block_size(most, strides[1] * strides[2], pitch_h, padded_shape[2])
+    geometry = np.array((group, pad_per_task) + strides + padded_shape + padded_offset + most + size, np.int64)
+    _phase_loop(n_batch * group * blocks_per_group, x, w, scale, shift, geometry, phase_origin, phase_counts,
+                phase_start, tap_index, tap_shift, padded, y)
+
+
+@tasks
+def _phase_loop(first, last, x, w, scale, shift, geometry, phase_origin, phase_counts, phase_start, tap_index,
+                tap_shift, padded, y):
+    """Tasks ``first <= task < last`` of ``conv_transpose_phases``, each the output channels ``2*block`` and
+    ``2*block + 1`` of one (batch, group). ``geometry``: the group count, whether a task pads its input, then the
+    strides, the padded shape, its offset, ``most_counts`` and ``_block_size``, 3 each. The sums and the padded
+    group are allocated once for the share; a group is padded again only when the share's task moves to another."""
+    group, pad_per_task = geometry[0], geometry[1]
+    strides, padded_shape, padded_offset = triple(geometry, 2), triple(geometry, 5), triple(geometry, 8)
+    most, size = triple(geometry, 11), triple(geometry, 14)
+    c_in, c_out_g = x.shape[1], w.shape[1]
+    c_in_g = c_in // group
+    pitch_w = padded_shape[2]
+    pitch_h = padded_shape[1] * pitch_w
+    blocks_per_group = (c_out_g + 1) // 2
+    plane_phases = strides[1] * strides[2]
+    acc = np.empty((2, plane_phases, (size[0] - 1) * pitch_h + (size[1] - 1) * pitch_w + size[2]), y.dtype)
+    own = np.empty((c_in_g if pad_per_task else 0, padded_shape[0] * pitch_h), x.dtype)
+    padded_group = -1  # the (batch, group) in own
+    for task in range(first, last):
         n = task // (group * blocks_per_group)
         rest = task % (group * blocks_per_group)
         g, block = rest // blocks_per_group, rest % blocks_per_group
         j = 2 * block
         two = j + 1 < c_out_g
         oc = g * c_out_g + j
-        acc = np.empty((2, plane_phases, (size[0] - 1) * pitch_h + (size[1] - 1) * pitch_w + size[2]), y.dtype)
         if pad_per_task:
-            xp = np.empty((c_in_g, padded_length), x.dtype)
-            pad_channels(x[n, g * c_in_g:(g + 1) * c_in_g], padded_shape, padded_offset, xp)
-            w_task, first_channel = w[g * c_in_g:(g + 1) * c_in_g], 0
+            if n * group + g != padded_group:
+                pad_channels(x[n, g * c_in_g:(g + 1) * c_in_g], padded_shape, padded_offset, own)
+                padded_group = n * group + g
+            xp, w_task, first_channel = own, w[g * c_in_g:(g + 1) * c_in_g], 0
         else:
-            xp, w_task, first_channel = shared[n], w, g * c_in_g
+            xp, w_task, first_channel = padded[n * c_in:(n + 1) * c_in], w, g * c_in_g
         for plane_first in range(0, phase_origin.shape[0], plane_phases):
             counts = phase_counts[plane_first:plane_first + plane_phases]
             for d0 in range(0, counts[0, 0], size[0]):
                 for h0 in range(0, most[1], size[1]):
                     for w0 in range(0, most[2], size[2]):
-                        first = (d0, h0, w0)
-                        _block_sums(acc, counts, first, size, plane_first, pitch_h, pitch_w, xp, w_task, j, two,
-                                    first_channel, c_in_g, phase_start, tap_index, tap_shift)
+                        block_first = (d0, h0, w0)
+                        _block_sums(acc, counts, block_first, size, plane_first, pitch_h, pitch_w, xp, w_task, j,
+                                    two, first_channel, c_in_g, phase_start, tap_index, tap_shift)
                         for e in range(2 if two else 1):
-                            store_phases(acc[e], counts, first, size, phase_origin[plane_first], strides, pitch_h,
-                                         pitch_w, scale[oc + e], shift[oc + e], y[n, oc + e])
+                            store_phases(acc[e], counts, block_first, size, phase_origin[plane_first], strides,
+                                         pitch_h, pitch_w, scale[oc + e], shift[oc + e], y[n, oc + e])

@@ -1,6 +1,6 @@
-"""Helpers more than one kernel uses: read-only plan tables, zero-padding input channels, and storing a block of
-ConvTranspose output phases row after row (both ConvTranspose kernels, ``conv_transpose_phases`` and ``tiles``,
-store through it)."""
+"""Helpers more than one kernel uses: read-only plan tables, zero-padding input channels (a few, or the whole input in
+parallel), and storing a block of ConvTranspose output phases row after row (both ConvTranspose kernels,
+``conv_transpose_phases`` and ``tiles``, store through it)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import numpy as np
 from numba import njit
 
 from fusion.kernels.config import SERIAL, uintp
+from fusion.kernels.launch import tasks, triple
+from fusion.kernels.microkernel import VECTORS_PER_ROW, lanes
 
 
 def read_only_table(rows, width=None) -> np.ndarray:
@@ -31,6 +33,33 @@ def pad_channels(x_channels, padded_shape, padded_offset, out):
                 source = x_channels[c, i_d, i_h]
                 for i_w in range(in_w):
                     row[uintp(i_w)] = source[uintp(i_w)]
+
+
+def spared_buffer(channels: int, length: int, dtype) -> np.ndarray:
+    """An uninitialized ``(channels + spare, length)`` buffer whose spare rows are zero: a tile reads up to ``NR - 1``
+    positions past the last output it keeps."""
+    spare = 1 + VECTORS_PER_ROW * lanes(np.dtype(dtype).itemsize) // length
+    buffer = np.empty((channels + spare, length), dtype)
+    buffer[channels:] = 0
+    return buffer
+
+
+def pad_input(x, padded_shape, padded_offset):
+    """Every channel of ``x: (n, c_in, d, h, w)`` zero-padded (``fusion.kernels.shared.pad_channels``), flat, one
+    after another, in a ``spared_buffer``."""
+    n_batch, c_in = x.shape[0], x.shape[1]
+    xp = spared_buffer(n_batch * c_in, padded_shape[0] * padded_shape[1] * padded_shape[2], x.dtype)
+    _pad_loop(n_batch * c_in, x, np.array(padded_shape + padded_offset, np.int64), xp)
+    return xp
+
+
+@tasks
+def _pad_loop(first, last, x, geometry, xp):
+    """Channels ``first <= n*c_in + c < last`` of ``pad_input``; ``geometry``: the padded shape, then the offset."""
+    c_in = x.shape[1]
+    for channel in range(first, last):
+        n, c = channel // c_in, channel % c_in
+        pad_channels(x[n, c:c + 1], triple(geometry, 0), triple(geometry, 3), xp[channel:channel + 1])
 
 
 @njit(inline="always", **SERIAL)

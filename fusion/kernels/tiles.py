@@ -17,12 +17,14 @@ few tasks for the threads. No two tasks write the same element.
 
 from __future__ import annotations
 
+import numba
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
-from fusion.kernels.config import PARALLEL, SERIAL
+from fusion.kernels.config import SERIAL
+from fusion.kernels.launch import tasks
 from fusion.kernels.microkernel import MR, VECTOR_BYTES, tile, tile_width
-from fusion.kernels.shared import block_extent, most_counts, pad_channels, store_phases
+from fusion.kernels.shared import block_extent, most_counts, store_phases
 
 # k per pass over a band of C. With 256-bit vectors a B panel of KC x NR (float32: 8 KiB) stays in L1 while every
 # block of output channels reads it; with 512-bit vectors, fewer passes over C won (benchmarks/NOTES.md, "Tiled
@@ -50,48 +52,39 @@ def _flat_tiles(rows, pitch_w, row_tiles, nr):
     return ((rows - 1) * pitch_w + row_tiles * nr + nr - 1) // nr
 
 
-@njit(**SERIAL)
-def spared_buffer(channels, length, like):
-    """An uninitialized ``(channels + spare, length)`` buffer of ``like``'s dtype whose spare rows are zero: a tile
-    reads up to ``NR - 1`` positions past the last output it keeps."""
-    spare = 1 + tile_width(like.itemsize) // length
-    buffer = np.empty((channels + spare, length), like.dtype)
-    buffer[channels:] = 0
-    return buffer
-
-
-@njit(**PARALLEL)
-def pad_input(x, padded_shape, padded_offset):
-    """Every channel of ``x: (n, c_in, d, h, w)`` zero-padded (``fusion.kernels.shared.pad_channels``), flat, one
-    after another, in a ``spared_buffer``."""
-    n_batch, c_in = x.shape[0], x.shape[1]
-    xp = spared_buffer(n_batch * c_in, padded_shape[0] * padded_shape[1] * padded_shape[2], x)
-    for channel in prange(n_batch * c_in):
-        n, c = channel // c_in, channel % c_in
-        pad_channels(x[n, c:c + 1], padded_shape, padded_offset, xp[channel:channel + 1])
-    return xp
-
-
-@njit(**PARALLEL)
 def tiled_gemms(b, channel_length, pitch_h, pitch_w, w, w_strides, group, c_in_g, scale, shift, strides, phase_origin,
-                phase_counts, phase_start, tap_index, tap_shift, threads, y):
+                phase_counts, phase_start, tap_index, tap_shift, y):
     """``y[n, g*c_out/group + j, strides*m + phase_origin[r]] = C[j, m_flat] * scale + shift`` for every output phase
     ``r``, where ``C = A B`` over the (``ci``, tap ``t`` of phase ``r``) pairs ``k``:
     ``A[j, k] = w[g*w_strides[0] + ci*w_strides[1] + j*w_strides[2] + tap_index[t]]``, the flat weights read in
     place, and ``B[k, m_flat] = b[(n*c_in + g*c_in/group + ci) * channel_length + tap_shift[t] + m_flat]``, the input
-    laid out flat, channel after channel (``pad_input``, ``fusion.kernels.conv_polyphase.split_input``), with row pitches
-    ``pitch_h, pitch_w``. ``y: (n, c_out, od, oh, ow)``; ``threads``: Numba's thread count (read by the caller:
-    reading it in compiled code keeps Numba from caching it). Called from Python, not from another kernel, so that it
-    is compiled once rather than once into each caller."""
-    n_batch, c_out_g = y.shape[0], y.shape[1] // group
-    c_in = group * c_in_g
-    nr = tile_width(y.itemsize)
-    phases = phase_origin.shape[0]
+    laid out flat, channel after channel (``fusion.kernels.shared.pad_input``,
+    ``fusion.kernels.conv_polyphase.split_input``), with row pitches ``pitch_h, pitch_w``. ``y: (n, c_out, od, oh,
+    ow)``. On ``numba.get_num_threads()`` threads."""
+    count, sizes, b_offsets, a_offsets = _plan_tasks(channel_length, pitch_h, pitch_w, w_strides, group, c_in_g,
+                                                     strides, phase_counts, phase_start, tap_index, tap_shift,
+                                                     y.shape[0], y.shape[1], y.itemsize, numba.get_num_threads())
+    _tile_loop(count, sizes, b, w, scale, shift, phase_origin, phase_counts, phase_start, b_offsets, a_offsets, y)
+
+
+# The layout of ``_plan_tasks``' sizes: the tiled GEMM's geometry, then how its tasks are cut.
+(_CHANNEL_LENGTH, _PITCH_H, _PITCH_W, _W_STRIDE_G, _W_STRIDE_CI, _W_STRIDE_J, _GROUP, _C_IN_G, _STRIDE_D, _STRIDE_H,
+ _STRIDE_W, _DEPTH_PHASES, _MOST_D, _BANDS, _BAND_ROWS, _PIECES, _PIECE_WIDTH, _PARTS) = range(18)
+
+
+@njit(**SERIAL)
+def _plan_tasks(channel_length, pitch_h, pitch_w, w_strides, group, c_in_g, strides, phase_counts, phase_start,
+                tap_index, tap_shift, n_batch, c_out, itemsize, threads):
+    """``(tasks, sizes, b_offsets, a_offsets)`` of ``tiled_gemms``: row ``k`` of phase ``r``'s ``B`` is
+    ``b_offsets[r, k]`` into ``b`` (channel ``ci`` shifted by the tap), its ``A`` column ``a_offsets[r, k]`` into
+    ``w``; ``sizes`` as its named indices say."""
+    c_out_g = c_out // group
+    nr = tile_width(itemsize)
+    phases = phase_counts.shape[0]
     blocks = (c_out_g + MR - 1) // MR
     most_taps = 0
     for r in range(phases):
         most_taps = max(most_taps, phase_start[r + 1] - phase_start[r])
-    # row k of phase r: B's is channel ci shifted by the tap, A's the tap of channel ci
     b_offsets = np.empty((phases, max(1, c_in_g * most_taps)), np.int64)
     a_offsets = np.empty((phases, max(1, c_in_g * most_taps)), np.int64)
     for r in range(phases):
@@ -101,9 +94,7 @@ def tiled_gemms(b, channel_length, pitch_h, pitch_w, w, w_strides, group, c_in_g
                 b_offsets[r, ci * taps + t] = ci * channel_length + tap_shift[phase_start[r] + t]
                 a_offsets[r, ci * taps + t] = ci * w_strides[1] + tap_index[phase_start[r] + t]
 
-    sh, sw = strides[1], strides[2]
-    plane_phases = sh * sw  # the phases of one depth phase: a task's, stored together row by row
-    depth_phases = phases // plane_phases
+    depth_phases = phases // (strides[1] * strides[2])
     most_d, most_h, most_w = most_counts(phase_counts)
     # as many bands as rows of about BAND positions make, rounded to the nearest: no band of a few leftover rows that
     # reads every weight again for them
@@ -113,13 +104,36 @@ def tiled_gemms(b, channel_length, pitch_h, pitch_w, w, w_strides, group, c_in_g
     # and the threads share the row.
     pieces = max(1, most_w // BAND)
     piece_width = (((most_w + pieces - 1) // pieces + nr - 1) // nr) * nr
-    tasks = n_batch * group * depth_phases * most_d * bands * pieces
+    count = n_batch * group * depth_phases * most_d * bands * pieces
     # Too few tasks to keep every thread busy to the end (a layer of one group and few rows): each task's blocks of
     # output channels are split into parts, which re-read the task's input panels.
     parts = 1
-    while tasks * parts < TASKS_PER_THREAD * threads and parts < blocks:
+    while count * parts < TASKS_PER_THREAD * threads and parts < blocks:
         parts += 1
-    for task in prange(tasks * parts):
+    sizes = np.array([channel_length, pitch_h, pitch_w, w_strides[0], w_strides[1], w_strides[2], group, c_in_g,
+                      strides[0], strides[1], strides[2], depth_phases, most_d, bands, band_rows, pieces, piece_width,
+                      parts], np.int64)
+    return count * parts, sizes, b_offsets, a_offsets
+
+
+@tasks
+def _tile_loop(first, last, sizes, b, w, scale, shift, phase_origin, phase_counts, phase_start, b_offsets, a_offsets,
+               y):
+    """Tasks ``first <= task < last`` of ``tiled_gemms``, each one part of the output channels of one (batch, group,
+    depth phase, depth, band of rows, piece of a row). The sums' buffer is allocated once for the share, at the
+    largest size a task asks."""
+    channel_length, pitch_h, pitch_w = sizes[_CHANNEL_LENGTH], sizes[_PITCH_H], sizes[_PITCH_W]
+    group, c_in_g = sizes[_GROUP], sizes[_C_IN_G]
+    sd, sh, sw = sizes[_STRIDE_D], sizes[_STRIDE_H], sizes[_STRIDE_W]
+    bands, band_rows, pieces, piece_width = sizes[_BANDS], sizes[_BAND_ROWS], sizes[_PIECES], sizes[_PIECE_WIDTH]
+    parts, depth_phases, most_d = sizes[_PARTS], sizes[_DEPTH_PHASES], sizes[_MOST_D]
+    c_out_g = y.shape[1] // group
+    c_in = group * c_in_g
+    nr = tile_width(y.itemsize)
+    blocks = (c_out_g + MR - 1) // MR
+    plane_phases = sh * sw  # the phases of one depth phase: a task's, stored together row by row
+    scratch = np.empty(0, y.dtype)
+    for task in range(first, last):
         part = task % parts
         rest = task // parts
         piece = rest % pieces
@@ -149,8 +163,10 @@ def tiled_gemms(b, channel_length, pitch_h, pitch_w, w, w_strides, group, c_in_g
         channel_lo = _block(block_lo, blocks, c_out_g)[0]
         last_first, last_rows = _block(block_hi - 1, blocks, c_out_g)
         channels = last_first + last_rows - channel_lo
-        acc = np.empty((channels, plane_phases, span), y.dtype)  # acc[j]: C-contiguous, for store_phases' loops
-        c = acc.reshape(-1)
+        if scratch.shape[0] < channels * plane_phases * span:
+            scratch = np.empty(channels * plane_phases * span, y.dtype)
+        c = scratch[:channels * plane_phases * span]
+        acc = c.reshape((channels, plane_phases, span))  # acc[j]: C-contiguous, for store_phases' loops
         start = md * pitch_h + h0 * pitch_w + w0
         b_base = (n * c_in + g * c_in_g) * channel_length + start
         for p in range(plane_phases):
@@ -166,10 +182,10 @@ def tiled_gemms(b, channel_length, pitch_h, pitch_w, w, w_strides, group, c_in_g
                     for block in range(block_lo, block_hi):
                         first_channel, block_channels = _block(block, blocks, c_out_g)
                         tile(block_channels, c, ((first_channel - channel_lo) * plane_phases + p) * span + at,
-                             plane_phases * span, w, g * w_strides[0] + first_channel * w_strides[2], a_offsets[r],
-                             w_strides[2], b, b_base + at, b_offsets[r], k_first, min(KC, k_count - k_first),
-                             k_first > 0)
+                             plane_phases * span, w, g * sizes[_W_STRIDE_G] + first_channel * sizes[_W_STRIDE_J],
+                             a_offsets[r], sizes[_W_STRIDE_J], b, b_base + at, b_offsets[r], k_first,
+                             min(KC, k_count - k_first), k_first > 0)
         for j in range(channels):
             oc = g * c_out_g + channel_lo + j
-            store_phases(acc[j], counts, block_first, block_size, phase_origin[plane_first], strides, 0, pitch_w,
+            store_phases(acc[j], counts, block_first, block_size, phase_origin[plane_first], (sd, sh, sw), 0, pitch_w,
                          scale[oc], shift[oc], y[n, oc])
