@@ -26,10 +26,10 @@ from fusion.kernels.launch import tasks
 from fusion.kernels.microkernel import MR, VECTOR_BYTES, tile, tile_width
 from fusion.kernels.shared import block_extent, most_counts, store_phases
 
-# k per pass over a band of C. With 256-bit vectors a B panel of KC x NR (float32: 8 KiB) stays in L1 while every
-# block of output channels reads it; with 512-bit vectors, fewer passes over C won (benchmarks/NOTES.md, "Tiled
-# kernel").
-KC = 256 if VECTOR_BYTES == 64 else 128
+# k per pass over a band of C. A pass reads, per k, one element of each of a block's MR weight rows, a cache line
+# each: on the AVX2 Zen 3 64 k's (and a B panel of 64 x NR) stayed in its 32 KiB L1 and beat 128 by 4-10%; with
+# 512-bit vectors, fewer passes over C won (benchmarks/NOTES.md, "Tiled kernel").
+KC = 256 if VECTOR_BYTES == 64 else 64
 # Flat positions (in the padded pitches) a task covers per phase, about: its C, (phases of a depth phase) x (output
 # channels of the group) x BAND, stays in L2.
 BAND = 256
