@@ -9,8 +9,8 @@ its scratch once for its share, as Numba hoists a ``prange`` body's allocations.
 tiled GEMM: 13 s on a Zen 3, 7 s of it in the parfor lowering); a Numba ``target="parallel"`` gufunc skips those
 passes but re-optimizes its whole body, uncached, in every process. Here the body compiles once into a plain gufunc
 loop, which Numba caches on disk, and a small cached launcher hands that loop's address to ``parallel_for`` with the
-GIL released (benchmarks/NOTES.md, "Cold start"). NumPy's gufunc machinery is not involved: on a small layer, right
-after a large one, its type resolution over a dozen operands cost more than the layer's arithmetic.
+GIL released (benchmarks/NOTES.md, "Parallel loops without prange"). NumPy's gufunc machinery is not involved: on a
+small layer, right after a large one, its type resolution over a dozen operands cost more than the layer's arithmetic.
 
 ``parallel_for(loop, args, dimensions, steps, data, core_ndim, array_count, threads)`` takes NumPy's gufunc layout:
 ``args`` the data pointers (the shares' first tasks, their last tasks, then each operand), ``dimensions`` the count of

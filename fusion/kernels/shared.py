@@ -45,7 +45,7 @@ def spared_buffer(channels: int, length: int, dtype) -> np.ndarray:
 
 
 def pad_input(x, padded_shape, padded_offset):
-    """Every channel of ``x: (n, c_in, d, h, w)`` zero-padded (``fusion.kernels.shared.pad_channels``), flat, one
+    """Every channel of ``x: (n, c_in, d, h, w)`` zero-padded (``pad_channels``), in parallel, flat, one
     after another, in a ``spared_buffer``."""
     n_batch, c_in = x.shape[0], x.shape[1]
     xp = spared_buffer(n_batch * c_in, padded_shape[0] * padded_shape[1] * padded_shape[2], x.dtype)
