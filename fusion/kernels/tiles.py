@@ -17,14 +17,16 @@ few tasks for the threads. No two tasks write the same element.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numba
 import numpy as np
 from numba import njit
 
 from fusion.kernels.config import SERIAL
 from fusion.kernels.launch import tasks
-from fusion.kernels.microkernel import MR, VECTOR_BYTES, tile, tile_width
-from fusion.kernels.shared import block_extent, most_counts, store_phases
+from fusion.kernels.microkernel import MR, VECTOR_BYTES, VECTORS_PER_ROW, lanes, tile, tile_width
+from fusion.kernels.shared import block_extent, read_only_table, store_phases
 
 # k per pass over a band of C. A pass reads, per k, one element of each of a block's MR weight rows, a cache line
 # each: on the AVX2 Zen 3 64 k's (and a B panel of 64 x NR) stayed in its 32 KiB L1 and beat 128 by 4-10%; with
@@ -61,9 +63,11 @@ def tiled_gemms(b, channel_length, pitch_h, pitch_w, w, w_strides, group, c_in_g
     laid out flat, channel after channel (``fusion.kernels.shared.pad_input``,
     ``fusion.kernels.conv_polyphase.split_input``), with row pitches ``pitch_h, pitch_w``. ``y: (n, c_out, od, oh,
     ow)``. On ``numba.get_num_threads()`` threads."""
-    count, sizes, b_offsets, a_offsets = _plan_tasks(channel_length, pitch_h, pitch_w, w_strides, group, c_in_g,
-                                                     strides, phase_counts, phase_start, tap_index, tap_shift,
-                                                     y.shape[0], y.shape[1], y.itemsize, numba.get_num_threads())
+    # the tables as bytes: the plan is cached by value (the phase plans that own these tables are cached too)
+    count, sizes, b_offsets, a_offsets = _plan_tasks(
+        channel_length, pitch_h, pitch_w, tuple(w_strides), group, c_in_g, tuple(strides), phase_counts.tobytes(),
+        phase_start.tobytes(), tap_index.tobytes(), tap_shift.tobytes(), y.shape[0], y.shape[1], y.itemsize,
+        numba.get_num_threads())
     _tile_loop(count, sizes, b, w, scale, shift, phase_origin, phase_counts, phase_start, b_offsets, a_offsets, y)
 
 
@@ -72,30 +76,31 @@ def tiled_gemms(b, channel_length, pitch_h, pitch_w, w, w_strides, group, c_in_g
  _STRIDE_W, _DEPTH_PHASES, _MOST_D, _BANDS, _BAND_ROWS, _PIECES, _PIECE_WIDTH, _PARTS) = range(18)
 
 
-@njit(**SERIAL)
+@lru_cache(maxsize=256)
 def _plan_tasks(channel_length, pitch_h, pitch_w, w_strides, group, c_in_g, strides, phase_counts, phase_start,
                 tap_index, tap_shift, n_batch, c_out, itemsize, threads):
-    """``(tasks, sizes, b_offsets, a_offsets)`` of ``tiled_gemms``: row ``k`` of phase ``r``'s ``B`` is
-    ``b_offsets[r, k]`` into ``b`` (channel ``ci`` shifted by the tap), its ``A`` column ``a_offsets[r, k]`` into
-    ``w``; ``sizes`` as its named indices say."""
+    """``(tasks, sizes, b_offsets, a_offsets)`` of ``tiled_gemms``, read-only: row ``k = ci*taps + t`` of phase
+    ``r``'s ``B`` is ``b_offsets[r, k]`` into ``b`` (channel ``ci`` shifted by tap ``t``), its ``A`` column
+    ``a_offsets[r, k]`` into ``w``; ``sizes`` as its named indices say. The tables arrive as bytes (int64). Plain
+    Python, cached: compiling it cost a first call 1.6 s (benchmarks/NOTES.md, "Parallel loops without prange")."""
+    phase_counts = np.frombuffer(phase_counts, np.int64).reshape(-1, 3)
+    phase_start, tap_index, tap_shift = (np.frombuffer(table, np.int64) for table in (phase_start, tap_index,
+                                                                                     tap_shift))
     c_out_g = c_out // group
-    nr = tile_width(itemsize)
+    nr = VECTORS_PER_ROW * lanes(itemsize)
     phases = phase_counts.shape[0]
     blocks = (c_out_g + MR - 1) // MR
-    most_taps = 0
+    taps = np.diff(phase_start)
+    width = max(1, c_in_g * int(taps.max(initial=0)))
+    b_offsets, a_offsets = np.zeros((phases, width), np.int64), np.zeros((phases, width), np.int64)
+    channels = np.arange(c_in_g, dtype=np.int64)[:, None]
     for r in range(phases):
-        most_taps = max(most_taps, phase_start[r + 1] - phase_start[r])
-    b_offsets = np.empty((phases, max(1, c_in_g * most_taps)), np.int64)
-    a_offsets = np.empty((phases, max(1, c_in_g * most_taps)), np.int64)
-    for r in range(phases):
-        taps = phase_start[r + 1] - phase_start[r]
-        for ci in range(c_in_g):
-            for t in range(taps):
-                b_offsets[r, ci * taps + t] = ci * channel_length + tap_shift[phase_start[r] + t]
-                a_offsets[r, ci * taps + t] = ci * w_strides[1] + tap_index[phase_start[r] + t]
+        phase_taps = slice(phase_start[r], phase_start[r + 1])
+        b_offsets[r, :c_in_g * taps[r]] = (channels * channel_length + tap_shift[phase_taps]).ravel()
+        a_offsets[r, :c_in_g * taps[r]] = (channels * w_strides[1] + tap_index[phase_taps]).ravel()
 
     depth_phases = phases // (strides[1] * strides[2])
-    most_d, most_h, most_w = most_counts(phase_counts)
+    most_d, most_h, most_w = (int(most) for most in phase_counts.max(axis=0))
     # as many bands as rows of about BAND positions make, rounded to the nearest: no band of a few leftover rows that
     # reads every weight again for them
     bands = max(1, min(most_h, (2 * most_h * pitch_w + BAND) // (2 * BAND)))
@@ -110,9 +115,9 @@ def _plan_tasks(channel_length, pitch_h, pitch_w, w_strides, group, c_in_g, stri
     parts = 1
     while count * parts < TASKS_PER_THREAD * threads and parts < blocks:
         parts += 1
-    sizes = np.array([channel_length, pitch_h, pitch_w, w_strides[0], w_strides[1], w_strides[2], group, c_in_g,
-                      strides[0], strides[1], strides[2], depth_phases, most_d, bands, band_rows, pieces, piece_width,
-                      parts], np.int64)
+    sizes = read_only_table([channel_length, pitch_h, pitch_w, *w_strides, group, c_in_g, *strides, depth_phases,
+                             most_d, bands, band_rows, pieces, piece_width, parts])
+    b_offsets.flags.writeable = a_offsets.flags.writeable = False
     return count * parts, sizes, b_offsets, a_offsets
 
 
