@@ -215,18 +215,16 @@ def _add_pairs_two(acc_a, acc_b, count, start, xp_n, w, j, first_channel, taps_p
             q += 1
 
 
-@njit(inline="always", **SERIAL)
-def _even_split(length, most):
+def _even_split(length: int, most: int) -> int:
     """The size of each of the fewest even parts of ``length`` that are at most ``most`` long (at least 1)."""
     parts = max(1, -(-length // max(1, most)))
     return max(1, -(-length // parts))
 
 
-@njit(**SERIAL)
-def _block_size(most, plane_phases, pitch_h, pitch_w):
+def _block_size(most, plane_phases: int, pitch_h: int, pitch_w: int) -> tuple[int, int, int]:
     """(depths, rows, columns) of a block, for phases of at most ``most = most_counts(...)``: as many whole depths as
     keep the sums of ``plane_phases`` phases within ``STORE_BLOCK`` entries, else as many whole rows, else a piece of
-    one row; the parts as even as can be (no last part of a row or two)."""
+    one row; the parts as even as can be (no last part of a row or two). Plain Python, planned before the loop."""
     most_d, most_h, most_w = most
     if plane_phases * pitch_h <= STORE_BLOCK:
         return _even_split(most_d, STORE_BLOCK // (plane_phases * pitch_h)), most_h, most_w

@@ -120,7 +120,8 @@ def _parallel_for(typingctx, loop, firsts, lasts, operands):
             shape = cgutils.unpack_tuple(builder, array.shape, array_type.ndim)
             itemsize = ir.Constant(i64, context.get_abi_sizeof(context.get_data_type(array_type.dtype)))
             if index < 2:  # the shares' bounds: one of each per share
-                put(dimensions, 0, shape[0])
+                shares = shape[0]
+                put(dimensions, 0, shares)
                 put(steps, index, itemsize)
                 continue
             put(steps, index, ir.Constant(i64, 0))
@@ -133,12 +134,10 @@ def _parallel_for(typingctx, loop, firsts, lasts, operands):
 
         parallel_for = cgutils.get_or_insert_function(
             builder.module, ir.FunctionType(ir.VoidType(), [byte_pointer] * 5 + [i64, i64, i32]), "numba_parallel_for")
-        shares = builder.trunc(cgutils.unpack_tuple(builder, cgutils.create_struct_proxy(signature.args[1])(
-            context, builder, value=firsts).shape, 1)[0], i32)
         builder.call(parallel_for, [builder.inttoptr(loop_address, byte_pointer), builder.bitcast(args, byte_pointer),
                                     builder.bitcast(dimensions, byte_pointer), builder.bitcast(steps, byte_pointer),
                                     ir.Constant(byte_pointer, None), ir.Constant(i64, core_ndim),
-                                    ir.Constant(i64, len(arrays)), shares])
+                                    ir.Constant(i64, len(arrays)), builder.trunc(shares, i32)])
         return context.get_dummy_value()
 
     return types.void(loop, firsts, lasts, operands), codegen

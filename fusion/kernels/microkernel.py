@@ -62,9 +62,14 @@ def lanes(itemsize: int) -> int:
     return VECTOR_BYTES // itemsize
 
 
+def tile_positions(itemsize: int) -> int:
+    """``NR``: the positions a tile computes, for elements of ``itemsize`` bytes (``tile_width`` in compiled code)."""
+    return VECTORS_PER_ROW * lanes(itemsize)
+
+
 @njit(inline="always", **SERIAL)
 def tile_width(itemsize):
-    """``NR``: the positions a tile computes, for elements of ``itemsize`` bytes."""
+    """``tile_positions`` in compiled code."""
     return VECTORS_PER_ROW * (VECTOR_BYTES // itemsize)
 
 

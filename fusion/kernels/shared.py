@@ -9,7 +9,7 @@ from numba import njit
 
 from fusion.kernels.config import SERIAL, uintp
 from fusion.kernels.launch import tasks, triple
-from fusion.kernels.microkernel import VECTORS_PER_ROW, lanes
+from fusion.kernels.microkernel import tile_positions
 
 
 def read_only_table(rows, width=None) -> np.ndarray:
@@ -38,7 +38,7 @@ def pad_channels(x_channels, padded_shape, padded_offset, out):
 def spared_buffer(channels: int, length: int, dtype) -> np.ndarray:
     """An uninitialized ``(channels + spare, length)`` buffer whose spare rows are zero: a tile reads up to ``NR - 1``
     positions past the last output it keeps."""
-    spare = 1 + VECTORS_PER_ROW * lanes(np.dtype(dtype).itemsize) // length
+    spare = 1 + tile_positions(np.dtype(dtype).itemsize) // length
     buffer = np.empty((channels + spare, length), dtype)
     buffer[channels:] = 0
     return buffer
@@ -121,11 +121,8 @@ def store_phases(acc, counts, first, size, origin, strides, pitch_h, pitch_w, sc
                             out[o_d, o_h, base + step * u + uintp(rw)] = acc[p + rw, at + u] * scale + shift
 
 
-@njit(**SERIAL)
-def most_counts(phase_counts):
-    """The most depths, rows and columns of any phase."""
-    most_d, most_h, most_w = 0, 0, 0
-    for r in range(phase_counts.shape[0]):
-        most_d, most_h = max(most_d, phase_counts[r, 0]), max(most_h, phase_counts[r, 1])
-        most_w = max(most_w, phase_counts[r, 2])
+def most_counts(phase_counts) -> tuple[int, int, int]:
+    """The most depths, rows and columns of any phase (``phase_counts: (phases, 3)``). Plain Python: only the kernels'
+    planning, outside compiled code, asks."""
+    most_d, most_h, most_w = (int(most) for most in np.asarray(phase_counts).max(axis=0))
     return most_d, most_h, most_w

@@ -25,8 +25,8 @@ from numba import njit
 
 from fusion.kernels.config import SERIAL
 from fusion.kernels.launch import tasks
-from fusion.kernels.microkernel import MR, VECTOR_BYTES, VECTORS_PER_ROW, lanes, tile, tile_width
-from fusion.kernels.shared import block_extent, read_only_table, store_phases
+from fusion.kernels.microkernel import MR, VECTOR_BYTES, tile, tile_positions, tile_width
+from fusion.kernels.shared import block_extent, most_counts, read_only_table, store_phases
 
 # k per pass over a band of C. A pass reads, per k, one element of each of a block's MR weight rows, a cache line
 # each: on the AVX2 Zen 3 64 k's (and a B panel of 64 x NR) stayed in its 32 KiB L1 and beat 128 by 4-10%; with
@@ -87,7 +87,7 @@ def _plan_tasks(channel_length, pitch_h, pitch_w, w_strides, group, c_in_g, stri
     phase_start, tap_index, tap_shift = (np.frombuffer(table, np.int64) for table in (phase_start, tap_index,
                                                                                      tap_shift))
     c_out_g = c_out // group
-    nr = VECTORS_PER_ROW * lanes(itemsize)
+    nr = tile_positions(itemsize)
     phases = phase_counts.shape[0]
     blocks = (c_out_g + MR - 1) // MR
     taps = np.diff(phase_start)
@@ -100,7 +100,7 @@ def _plan_tasks(channel_length, pitch_h, pitch_w, w_strides, group, c_in_g, stri
         a_offsets[r, :c_in_g * taps[r]] = (channels * w_strides[1] + tap_index[phase_taps]).ravel()
 
     depth_phases = phases // (strides[1] * strides[2])
-    most_d, most_h, most_w = (int(most) for most in phase_counts.max(axis=0))
+    most_d, most_h, most_w = most_counts(phase_counts)
     # as many bands as rows of about BAND positions make, rounded to the nearest: no band of a few leftover rows that
     # reads every weight again for them
     bands = max(1, min(most_h, (2 * most_h * pitch_w + BAND) // (2 * BAND)))
