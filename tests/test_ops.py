@@ -376,14 +376,16 @@ def test_phase_kernel_blocks(shape, kernel, attributes, blocks, dtype):
     ((1, 80, 5, 6, 6), 7, dict(strides=[2, 1, 3], pads=[1, 0, 2, 0, 1, 1], dilations=[1, 2, 1])),
     ((1, 9, 700), 6, dict(group=3, strides=[1], pads=[3, 2])),
     ((1, 12, 45, 64), 7, dict(strides=[2, 2], pads=[1, 1, 1, 1])),
+    ((1, 16, 8, 7), 13, dict(strides=[2, 2], pads=[1, 1, 1, 0])),
 ], ids=["2-D: row tiles, k-passes, uneven blocks, bands", "3-D: flat tiles, uneven blocks",
-        "1-D stride 1, a row cut into pieces", "2-D: two row phases of unequal rows, bands"])
+        "1-D stride 1, a row cut into pieces", "2-D: two row phases of unequal rows, bands",
+        "2-D: flat tiles over rows narrower than a tile, phases of unequal rows and columns"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_tiled_kernel_edges(shape, c_out_g, attributes, dtype):
     """The tiled kernel's edges: output channels that split into blocks of unequal size, more (input channel, tap)
     pairs than one k-pass (``KC``), tiles along rows and along the flat band, three bands of rows or more, a row cut
-    into pieces, two row phases in one task with a row more in one of them, a batch of 2; with the bias and with a
-    BN epilogue."""
+    into pieces, two row phases in one task with a row more in one of them, flat tiles that end at the last row's
+    last output (phases of 8 and 7 columns on a pitch of 10), a batch of 2; with the bias and with a BN epilogue."""
     import fusion.ops as ops_module
     from fusion import attrs
     from fusion.kernels.microkernel import MR
@@ -408,8 +410,11 @@ def test_tiled_kernel_edges(shape, c_out_g, attributes, dtype):
     row_phases = tuple(attributes["strides"][-2:]) == (2, 2) and geo.output_shape[-2] % 2 == 1
     # (whatever the tile width, 4 to 32; a single row is the same along rows or flat)
     covered = {(2, 44): (True, True, True, True, False, False), (1, 80): (False, True, False, True, False, False),
-               (1, 9): (row_tiles, False, False, False, True, False), (1, 12): (True, False, True, True, False, True)}
+               (1, 9): (row_tiles, False, False, False, True, False), (1, 12): (True, False, True, True, False, True),
+               (1, 16): (False, False, False, True, False, True)}
     assert (row_tiles, pairs > KC, bands, uneven_blocks, pieces, row_phases) == covered[shape[:2]]
+    if shape[:2] == (1, 16):
+        assert sorted(set(phase_plan.phase_counts[:, 2].tolist())) == [7, 8] and pitch_w == 10
     with ops_module._forced_kernel("ConvTranspose", "tiles"):
         exact = reference.conv_transpose(x, w, b, **attributes)
         result = compare(fusion.conv_transpose(x, w, b, **attributes), exact,

@@ -49,9 +49,9 @@ def _block(block, blocks, channels):
 
 
 @njit(inline="always", **SERIAL)
-def _flat_tiles(rows, pitch_w, row_tiles, nr):
-    """Tiles of ``nr`` positions that cover ``rows`` rows of the flat band, the last row to its ``row_tiles`` tiles."""
-    return ((rows - 1) * pitch_w + row_tiles * nr + nr - 1) // nr
+def _flat_tiles(rows, pitch_w, last_row, nr):
+    """Tiles of ``nr`` positions that cover ``rows`` rows of the flat band, the last one to ``last_row`` positions."""
+    return ((rows - 1) * pitch_w + last_row + nr - 1) // nr
 
 
 def tiled_gemms(b, channel_length, pitch_h, pitch_w, w, w_strides, group, c_in_g, scale, shift, strides, phase_origin,
@@ -163,7 +163,7 @@ def _tile_loop(first, last, sizes, b, w, scale, shift, phase_origin, phase_count
         # (then no tile computes the padding columns between rows); else along the flat band.
         row_tiles = (widest + nr - 1) // nr
         along_rows = row_tiles * nr <= pitch_w
-        span = _flat_tiles(rows, pitch_w, row_tiles, nr) * nr
+        span = _flat_tiles(rows, pitch_w, row_tiles * nr, nr) * nr  # as far as tiles along rows write
         block_lo, block_hi = part * blocks // parts, (part + 1) * blocks // parts
         channel_lo = _block(block_lo, blocks, c_out_g)[0]
         last_first, last_rows = _block(block_hi - 1, blocks, c_out_g)
@@ -179,7 +179,7 @@ def _tile_loop(first, last, sizes, b, w, scale, shift, phase_origin, phase_count
             _, phase_rows, columns = block_extent(counts, p, block_first, block_size)
             if phase_rows == 0 or columns == 0:
                 continue
-            position_tiles = phase_rows * row_tiles if along_rows else _flat_tiles(phase_rows, pitch_w, row_tiles, nr)
+            position_tiles = phase_rows * row_tiles if along_rows else _flat_tiles(phase_rows, pitch_w, columns, nr)
             k_count = c_in_g * (phase_start[r + 1] - phase_start[r])
             for k_first in range(0, max(1, k_count), KC):
                 for q in range(position_tiles):
