@@ -112,18 +112,10 @@ def run(*, quick: bool = False, threads_list=(1, 2), repetitions: int | None = N
                             call()
                         except Exception as exc:  # one engine failing a shape is a result, not a crash
                             rows[name].error = str(exc).splitlines()[0][:200]
-                    names = list(paths)
-                    start = time.perf_counter()
-                    for name in names:  # one untimed round, to size the timed ones
-                        if rows[name].error is None:
-                            paths[name]()
-                    round_seconds = time.perf_counter() - start
-                    rounds = int(np.clip(np.ceil(min_seconds / max(round_seconds, 1e-9)), repetitions,
-                                         MORE_ROUNDS * repetitions))
-                    _interleave({name: paths[name] for name in names if rows[name].error is None}, rows, rounds,
-                                order)
+                    working = {name: call for name, call in paths.items() if rows[name].error is None}
+                    _interleave(working, rows, _rounds(working, repetitions, min_seconds), order)
                     results += rows.values()
-                    results += _alone(spec.name, threads, flops, paths, rows, rounds, order)
+                    results += _alone(spec.name, threads, flops, working, repetitions, min_seconds, order)
                     if progress:
                         progress(spec.name, threads)
                 limits.restore_original_limits()
@@ -139,14 +131,26 @@ def run(*, quick: bool = False, threads_list=(1, 2), repetitions: int | None = N
             "results": [r.summary(peaks[r.threads]) for r in results]}
 
 
-def _alone(label: str, threads: int, flops: float, paths: dict, rows: dict, rounds: int, order) -> list:
+def _alone(label: str, threads: int, flops: float, paths: dict, repetitions: int, min_seconds: float, order) -> list:
     """fusion's ConvTranspose paths again, interleaved among themselves only (engine ``ALONE``): what fusing costs
     fusion. Interleaved with the other engines, a path's time also depends on whose data the one before it left in
-    the caches, which makes its times two-mode (benchmarks/NOTES.md, "Benchmark peak")."""
-    own = [name for name in paths if name[0] == "fusion" and name[1] in ALONE_PATHS and rows[name].error is None]
+    the caches, which makes its times two-mode (benchmarks/NOTES.md, "Benchmark peak"). As many rounds as take
+    ``min_seconds`` here too: the ratios between these paths are a few percent."""
+    own = {name: paths[name] for name in paths if name[0] == "fusion" and name[1] in ALONE_PATHS}
     alone = {name: PathResult(label, ALONE, name[1], threads, flops=flops) for name in own}
-    _interleave({name: paths[name] for name in own}, alone, rounds if len(own) > 1 else 0, order)
+    if len(own) > 1:
+        _interleave(own, alone, _rounds(own, repetitions, min_seconds), order)
     return list(alone.values())
+
+
+def _rounds(calls: dict, repetitions: int, min_seconds: float) -> int:
+    """Rounds of every call once that take ``min_seconds``, from ``repetitions`` to ``MORE_ROUNDS`` times as many,
+    sized by one untimed round."""
+    start = time.perf_counter()
+    for call in calls.values():
+        call()
+    round_seconds = time.perf_counter() - start
+    return int(np.clip(np.ceil(min_seconds / max(round_seconds, 1e-9)), repetitions, MORE_ROUNDS * repetitions))
 
 
 def _interleave(calls: dict, results: dict, rounds: int, order) -> None:
