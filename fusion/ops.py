@@ -7,12 +7,14 @@ weights and bias are cast to it (as an engine evaluating the model in that preci
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import sys
 
 import numba
 import numpy as np
+from threadpoolctl import ThreadpoolController
 
 from fusion import attrs
 from fusion.affine import ChannelAffine, batch_norm_affine, scale_affine
@@ -47,6 +49,25 @@ COLS_CHUNK_BYTES = 2 << 20
 # next layer. So with more than one thread and spinning pools, ConvTranspose and Conv stay on Numba's pool: the tiled
 # kernels also where BLAS would take over (benchmarks/NOTES.md, "Spinning pools").
 NUMBA_POOL_SPINS = os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE"
+
+
+@functools.cache
+def _blas_controller() -> ThreadpoolController:
+    """numpy's BLAS, found once (loaded with numpy)."""
+    return ThreadpoolController()
+
+
+@contextlib.contextmanager
+def _blas_on_numba_threads():
+    """BLAS's GEMMs on no more threads than the Numba kernels run on: after ``numba.set_num_threads(1)`` every kernel
+    path uses one core (OpenBLAS would otherwise take every core for its part)."""
+    threads = numba.get_num_threads()
+    controller = _blas_controller()
+    if all(library.num_threads <= threads for library in controller.select(user_api="blas").lib_controllers):
+        yield
+        return
+    with controller.limit(limits=threads, user_api="blas"):
+        yield
 
 
 _KERNEL_THRESHOLDS = {  # (tiles from, GEMM from, tiles from positions) that make each kernel run
@@ -246,7 +267,8 @@ def _conv_transpose_any(x, w, b, geo: attrs.ConvGeometry, affine: ChannelAffine 
     channels_per_group = geo.c_in // geo.group
     # each output phase has about as many positions as the input
     if _blas_wins(channels_per_group, CONV_TRANSPOSE_GEMM_MIN_CHANNELS, math.prod(geo.input_shape)):
-        return _conv_transpose_gemm(x, w, b, geo, affine)
+        with _blas_on_numba_threads():
+            return _conv_transpose_gemm(x, w, b, geo, affine)
     return _conv_transpose_phases(x, w, b, geo, affine, tiled=channels_per_group >= CONV_TRANSPOSE_TILES_MIN_CHANNELS)
 
 
@@ -326,7 +348,8 @@ def conv(x, w, b=None, *, group=1, strides=None, pads=None, dilations=None, auto
     channels_per_group = geo.c_in // geo.group
     with _threads_for(geo):
         if _blas_wins(channels_per_group, CONV_GEMM_MIN_CHANNELS, math.prod(geo.output_shape)):
-            return _conv_gemm(x, w, b, geo)
+            with _blas_on_numba_threads():
+                return _conv_gemm(x, w, b, geo)
         if channels_per_group >= CONV_TILES_MIN_CHANNELS:
             return _conv_tiles(x, w, b, geo)
         return _conv_direct(x, w, b, geo)

@@ -254,6 +254,37 @@ def test_conv_kernel_choice(monkeypatch, channels_per_group, positions, threads,
     assert chosen == [kernel]
 
 
+@pytest.mark.parametrize("op", ["ConvTranspose", "Conv"])
+def test_blas_runs_on_no_more_threads_than_numba(monkeypatch, op):
+    """After ``numba.set_num_threads(1)`` the GEMM paths' BLAS calls run on one thread too, and BLAS's own setting
+    is back afterwards."""
+    from threadpoolctl import threadpool_info
+
+    import fusion.ops as ops_module
+
+    def blas_threads():
+        return [library["num_threads"] for library in threadpool_info() if library["user_api"] == "blas"]
+
+    if numba.config.NUMBA_NUM_THREADS < 2 or max(blas_threads(), default=1) < 2:
+        pytest.skip("one thread only")
+    before = blas_threads()
+    seen = []
+    real = np.matmul
+    monkeypatch.setattr(ops_module.np, "matmul", lambda *a, **k: seen.append(blas_threads()) or real(*a, **k))
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        with ops_module._forced_kernel(op, "gemm"):
+            if op == "Conv":
+                fusion.conv(np.ones((1, 4, 6, 6)), np.ones((3, 4, 2, 2)))
+            else:
+                fusion.conv_transpose(np.ones((1, 4, 6, 6)), np.ones((4, 3, 2, 2)))
+    finally:
+        numba.set_num_threads(threads)
+    assert seen and all(counts == [1] * len(counts) for counts in seen), seen
+    assert blas_threads() == before
+
+
 def _lifted_plan(plan_function, geo):
     """``plan_function`` (``conv_transpose_phases.plan`` or ``conv_polyphase.split_plan``) of ``geo`` lifted to 3 spatial axes."""
     import fusion.ops as ops_module
