@@ -60,7 +60,8 @@ def _blas_controller() -> ThreadpoolController:
 @contextlib.contextmanager
 def _blas_on_numba_threads():
     """BLAS's GEMMs on no more threads than the Numba kernels run on: after ``numba.set_num_threads(1)`` every kernel
-    path uses one core (OpenBLAS would otherwise take every core for its part)."""
+    path uses one core (OpenBLAS would otherwise take every core for its part). BLAS's setting is process-wide (Numba's
+    is per calling thread): a GEMM another thread runs meanwhile gets the same limit, which changes its speed only."""
     threads = numba.get_num_threads()
     controller = _blas_controller()
     if all(library.num_threads <= threads for library in controller.select(user_api="blas").lib_controllers):
