@@ -172,7 +172,11 @@ def perturbed(model: onnx.ModelProto, feeds: dict[str, np.ndarray], relative: fl
     def shake(array: np.ndarray) -> np.ndarray:
         if array.dtype != np.float32 or array.size == 0:
             return array
-        return (array.astype(np.float64) * (1 + relative * rng.uniform(-1, 1, array.shape))).astype(np.float32)
+        shaken = array.astype(np.float64) * (1 + relative * rng.uniform(-1, 1, array.shape))
+        # a value near float32's largest (an engine's wrong tensor, fed to the stage after it) would round to
+        # infinity, and an infinite spread would leave the stage unjudged: perturbed values stay finite
+        largest = float(np.finfo(np.float32).max)
+        return np.where(np.isfinite(array), np.clip(shaken, -largest, largest), array).astype(np.float32)
 
     for index, tensor in enumerate(copy.graph.initializer):
         array = numpy_helper.to_array(tensor)
