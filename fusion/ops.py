@@ -24,6 +24,7 @@ from fusion.kernels.col2im import col2im_3d, col2im_3d_serial, im2col_3d
 from fusion.kernels.conv import conv_3d
 from fusion.kernels.conv_transpose_phases import conv_transpose_phases, plan
 from fusion.kernels.conv_polyphase import split_input, split_plan
+from fusion.kernels.microkernel import VECTOR_BYTES
 from fusion.kernels.shared import pad_input
 from fusion.kernels.tiles import tiled_gemms
 
@@ -39,7 +40,9 @@ CONV_TRANSPOSE_GEMM_MIN_CHANNELS = 256
 # CONV_TILES_MIN_CHANNELS, im2col + BLAS's GEMM from CONV_GEMM_MIN_CHANNELS on layers of few positions.
 CONV_TILES_MIN_CHANNELS = 2
 CONV_GEMM_MIN_CHANNELS = 256
-TILES_MIN_POSITIONS = 1024
+# With 512-bit tiles, the tiles beat BLAS from 1024 positions; with 256-bit ones (AVX2) BLAS won at every size measured
+# from 256 channels per group, up to 64^2 positions (beyond, its cols buffer grows past what was measured).
+TILES_MIN_POSITIONS = 1024 if VECTOR_BYTES == 64 else 64 * 64 + 1
 # ConvTranspose GEMM on one thread runs in chunks of output channels whose cols (about this many bytes) col2im adds up
 # while they are still in cache; not on more threads, where alternating BLAS's and Numba's pools once per chunk lets
 # the spin-waiting one take the cores (benchmarks/NOTES.md, "GEMM chunks").
