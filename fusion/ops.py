@@ -36,6 +36,9 @@ DTYPES = (np.float32, np.float64)
 # (the tiled kernels read all their weights once per band of positions, BLAS blocks them).
 CONV_TRANSPOSE_TILES_MIN_CHANNELS = 8
 CONV_TRANSPOSE_GEMM_MIN_CHANNELS = 256
+# On one thread with 256-bit tiles (AVX2), BLAS won from 128 channels per group at every size measured; on two, the
+# tiles won at 128 as often as they lost.
+CONV_TRANSPOSE_GEMM_MIN_CHANNELS_ONE_THREAD = 256 if VECTOR_BYTES == 64 else 128
 # Conv: the direct kernel for depthwise layers, the tiled GEMM on the polyphase split of the input from
 # CONV_TILES_MIN_CHANNELS, im2col + BLAS's GEMM from CONV_GEMM_MIN_CHANNELS on layers of few positions.
 CONV_TILES_MIN_CHANNELS = 2
@@ -74,9 +77,11 @@ def _blas_on_numba_threads():
         yield
 
 
-_KERNEL_THRESHOLDS = {  # (tiles from, GEMM from, tiles from positions) that make each kernel run
-    "ConvTranspose": ("CONV_TRANSPOSE_TILES_MIN_CHANNELS", "CONV_TRANSPOSE_GEMM_MIN_CHANNELS", "TILES_MIN_POSITIONS"),
-    "Conv": ("CONV_TILES_MIN_CHANNELS", "CONV_GEMM_MIN_CHANNELS", "TILES_MIN_POSITIONS"),
+_KERNEL_THRESHOLDS = {  # the settings of (tiles from, GEMM from, tiles from positions) that make each kernel run
+    "ConvTranspose": (("CONV_TRANSPOSE_TILES_MIN_CHANNELS",),
+                      ("CONV_TRANSPOSE_GEMM_MIN_CHANNELS", "CONV_TRANSPOSE_GEMM_MIN_CHANNELS_ONE_THREAD"),
+                      ("TILES_MIN_POSITIONS",)),
+    "Conv": (("CONV_TILES_MIN_CHANNELS",), ("CONV_GEMM_MIN_CHANNELS",), ("TILES_MIN_POSITIONS",)),
 }
 _NEVER = 10**9
 _FORCING = {"direct": (_NEVER, _NEVER, _NEVER), "tiles": (1, _NEVER, _NEVER), "gemm": (1, 1, _NEVER)}
@@ -86,15 +91,15 @@ _FORCING = {"direct": (_NEVER, _NEVER, _NEVER), "tiles": (1, _NEVER, _NEVER), "g
 def _forced_kernel(op: str, kernel: str):
     """Within the block, every ``op`` call (``"ConvTranspose"`` or ``"Conv"``) runs on ``kernel``: ``direct`` (the
     phase kernel of ConvTranspose, the direct kernel of Conv), ``tiles`` or ``gemm``. For tests and benchmarks."""
-    names = _KERNEL_THRESHOLDS[op]
+    forced = {name: value for names, value in zip(_KERNEL_THRESHOLDS[op], _FORCING[kernel]) for name in names}
     module = sys.modules[__name__]
-    saved = [getattr(module, name) for name in names]
-    for name, value in zip(names, _FORCING[kernel]):
+    saved = {name: getattr(module, name) for name in forced}
+    for name, value in forced.items():
         setattr(module, name, value)
     try:
         yield
     finally:
-        for name, value in zip(names, saved):
+        for name, value in saved.items():
             setattr(module, name, value)
 
 
@@ -269,8 +274,10 @@ def _conv_transpose(x, w, b, geo: attrs.ConvGeometry, affine: ChannelAffine | No
 
 def _conv_transpose_any(x, w, b, geo: attrs.ConvGeometry, affine: ChannelAffine | None) -> np.ndarray:
     channels_per_group = geo.c_in // geo.group
+    gemm_min_channels = (CONV_TRANSPOSE_GEMM_MIN_CHANNELS_ONE_THREAD if numba.get_num_threads() == 1
+                         else CONV_TRANSPOSE_GEMM_MIN_CHANNELS)
     # each output phase has about as many positions as the input
-    if _blas_wins(channels_per_group, CONV_TRANSPOSE_GEMM_MIN_CHANNELS, math.prod(geo.input_shape)):
+    if _blas_wins(channels_per_group, gemm_min_channels, math.prod(geo.input_shape)):
         with _blas_on_numba_threads():
             return _conv_transpose_gemm(x, w, b, geo, affine)
     return _conv_transpose_phases(x, w, b, geo, affine, tiled=channels_per_group >= CONV_TRANSPOSE_TILES_MIN_CHANNELS)

@@ -219,24 +219,26 @@ def test_every_kernel_path_matches_the_reference(transposed, data):
         numba.set_num_threads(saved[2])
 
 
-# positions: a number, or "most" (the most for which BLAS runs) and "too many" (one more), which depend on the vector
-# width (``ops.TILES_MIN_POSITIONS``)
-def _positions(positions) -> int:
+# Settings that depend on the vector width, by name: "most" positions (the most for which BLAS runs) and "too many"
+# (one more), ``ops.TILES_MIN_POSITIONS``; "one thread's" channels (ConvTranspose's fewest for BLAS on one thread)
+# and one fewer, ``ops.CONV_TRANSPOSE_GEMM_MIN_CHANNELS_ONE_THREAD``
+def _setting(value) -> int:
     import fusion.ops as ops_module
-    return {"most": ops_module.TILES_MIN_POSITIONS - 1, "too many": ops_module.TILES_MIN_POSITIONS}.get(positions,
-                                                                                                         positions)
+    return {"most": ops_module.TILES_MIN_POSITIONS - 1, "too many": ops_module.TILES_MIN_POSITIONS,
+            "one thread's": ops_module.CONV_TRANSPOSE_GEMM_MIN_CHANNELS_ONE_THREAD,
+            "one fewer": ops_module.CONV_TRANSPOSE_GEMM_MIN_CHANNELS_ONE_THREAD - 1}.get(value, value)
 
 
 @pytest.mark.parametrize("channels_per_group, positions, threads, pools_spin, kernel", [
-    (4, 3, 2, False, "phases"), (8, 3, 2, False, "tiles"), (255, 3, 1, True, "tiles"), (256, 3, 1, True, "GEMM"),
-    (256, 3, 2, False, "GEMM"), (256, 3, 2, True, "tiles"), (256, "most", 1, False, "GEMM"),
-    (256, "too many", 1, False, "tiles")])
+    (4, 3, 2, False, "phases"), (8, 3, 2, False, "tiles"), ("one fewer", 3, 1, True, "tiles"),
+    ("one thread's", 3, 1, True, "GEMM"), (255, 3, 2, False, "tiles"), (256, 3, 2, False, "GEMM"),
+    (256, 3, 2, True, "tiles"), (256, "most", 1, False, "GEMM"), (256, "too many", 1, False, "tiles")])
 def test_conv_transpose_kernel_choice(monkeypatch, channels_per_group, positions, threads, pools_spin, kernel):
-    """The kernel follows the input channels per group and, for BLAS, the positions, except that with several
-    threads and spin-waiting pools ConvTranspose stays off BLAS."""
+    """The kernel follows the input channels per group (on one thread from fewer of them) and, for BLAS, the
+    positions, except that with several threads and spin-waiting pools ConvTranspose stays off BLAS."""
     import fusion.ops as ops_module
 
-    positions = _positions(positions)
+    channels_per_group, positions = _setting(channels_per_group), _setting(positions)
     chosen = []
     monkeypatch.setattr(ops_module, "_conv_transpose_gemm", lambda *args: chosen.append("GEMM"))
     monkeypatch.setattr(ops_module, "_conv_transpose_phases",
@@ -256,7 +258,7 @@ def test_conv_kernel_choice(monkeypatch, channels_per_group, positions, threads,
     ConvTranspose does."""
     import fusion.ops as ops_module
 
-    positions = _positions(positions)
+    positions = _setting(positions)
     chosen = []
     for name, function in (("direct", "_conv_direct"), ("tiles", "_conv_tiles"), ("GEMM", "_conv_gemm")):
         monkeypatch.setattr(ops_module, function, lambda *args, name=name: chosen.append(name))
