@@ -474,6 +474,56 @@ def test_tiled_kernel_edges(shape, c_out_g, attributes, dtype):
         assert result.passed, result.summary()
 
 
+@pytest.mark.parametrize("shape, w_shape, attributes, covers", [
+    ((2, 48, 40, 31), (48, 37, 3, 4), dict(group=2, strides=[1, 2], pads=[1, 0, 2, 1]),
+     {"k-passes", "bands", "padded channels"}),
+    ((1, 48, 10, 12, 12), (48, 33, 3, 2, 3), dict(strides=[2, 1, 3], pads=[1, 0, 2, 0, 1, 1]),
+     {"padded channels", "depth phases", "k-passes"}),
+    ((1, 64, 1100), (64, 41, 5), dict(strides=[2], pads=[3, 2]), {"pieces", "padded channels", "k-passes"}),
+    ((1, 64, 3, 400), (64, 48, 4, 4), dict(strides=[2, 2], pads=[1, 1, 1, 1]), {"parts", "k-passes"}),
+], ids=["2-D grouped: k-passes, bands, a batch of 2", "3-D: depth phases", "1-D: a row cut into pieces",
+        "few tasks: channel blocks split into parts"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_tiles_with_channels_in_vectors(monkeypatch, shape, w_shape, attributes, covers, dtype):
+    """The tiled ConvTranspose kernel that holds output channels in vectors (``tiles._channel_tile_loop``, on hosts
+    whose vectors are 256-bit or narrower; an AVX-512 host runs it in the forced-width test): a group's channels
+    padded to whole vectors, more (input channel, tap) pairs than one k-pass, several bands, a row cut into pieces,
+    depth phases, channel blocks split into parts; against the reference, with the bias and a BN epilogue."""
+    import fusion.ops as ops_module
+    from fusion.kernels import tiles
+    from fusion.kernels.microkernel import tile_positions
+
+    group = attributes.get("group", 1)
+    c_out_g = w_shape[1]
+    rng = np.random.default_rng(sum(shape) + c_out_g)
+    x, w = rng.standard_normal(shape).astype(dtype), rng.standard_normal(w_shape).astype(dtype)
+    b = rng.standard_normal(group * c_out_g).astype(dtype)
+    seen = []
+    real = tiles._channel_tile_loop
+    monkeypatch.setattr(tiles, "_channel_tile_loop", lambda count, sizes, *rest: seen.append((sizes, rest[-2])) or
+                        real(count, sizes, *rest))
+    with ops_module._forced_kernel("ConvTranspose", "tiles"):
+        got = fusion.conv_transpose(x, w, b, **attributes)
+        if not seen and tiles.VECTOR_BYTES > 32:
+            pytest.skip("512-bit tiles hold positions in vectors: the forced-width test runs this kernel")
+        exact = reference.conv_transpose(x, w, b, **attributes)
+        result = compare(got, exact, bound=site_bound(x, w, b, transposed=True, dtype=dtype, **attributes))
+        assert result.passed, result.summary()
+        affine = fusion.batch_norm_affine(rng.uniform(0.5, 2, exact.shape[1]), rng.standard_normal(exact.shape[1]),
+                                          rng.standard_normal(exact.shape[1]), rng.uniform(0.5, 2, exact.shape[1]))
+        fused = fusion.conv_transpose_channel_affine(x, w, b, affine, **attributes)
+        result = compare(fused, reference.channel_affine(exact, affine, node="test"),
+                         bound=site_bound(x, w, b, affine, transposed=True, dtype=dtype, **attributes))
+        assert result.passed, result.summary()
+    # the kernel ran, and the case covers what its id says (and maybe more: parts follow the thread count)
+    sizes, b_offsets = seen[0]
+    found = {"k-passes": b_offsets.shape[1] > tiles.KC, "bands": sizes[tiles._BANDS] > 1,
+             "pieces": sizes[tiles._PIECES] > 1, "parts": sizes[tiles._PARTS] > 1,
+             "depth phases": sizes[tiles._DEPTH_PHASES] > 1,
+             "padded channels": c_out_g % tile_positions(np.dtype(dtype).itemsize) != 0}
+    assert covers <= {name for name, there in found.items() if there}
+
+
 def test_a_small_layer_runs_on_one_thread_when_the_pools_sleep(monkeypatch):
     import numba
 
@@ -531,6 +581,16 @@ for dtype in (np.float32, np.float64):
         result = compare(got, reference.conv(x, w, b, **attributes),
                          bound=site_bound(x, w, b, transposed=False, dtype=dtype, **attributes))
         assert result.passed, ("Conv", dtype, c_out_g, result.summary())
+    # a layer that 256-bit tiles compute with channels in vectors: several phases, 256 pairs and 1056 positions a phase
+    x = rng.standard_normal((1, 64, 32, 33)).astype(dtype)
+    w = rng.standard_normal((64, 35, 4, 4)).astype(dtype)
+    b = rng.standard_normal(35).astype(dtype)
+    attributes = dict(strides=[2, 2], pads=[1, 1, 1, 1])
+    with ops._forced_kernel("ConvTranspose", "tiles"):
+        got = fusion.conv_transpose(x, w, b, **attributes)
+    result = compare(got, reference.conv_transpose(x, w, b, **attributes),
+                     bound=site_bound(x, w, b, transposed=True, dtype=dtype, **attributes))
+    assert result.passed, ("ConvTranspose, channels in vectors", dtype, result.summary())
 fmas = [line for line in next(iter(tiles._tile_loop.inspect_asm().values())).splitlines() if "vfmadd" in line]
 print(sorted({{name for line in fmas for name in ("xmm", "ymm", "zmm") if name in line}}))
 """
