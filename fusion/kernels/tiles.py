@@ -169,6 +169,35 @@ def _plan_tasks(channel_length, pitch_h, pitch_w, w_strides, group, c_in_g, stri
     return count * parts, sizes, b_offsets, a_offsets
 
 
+@njit(inline="always", **SERIAL)
+def _task(task, sizes, phase_counts):
+    """Task ``task`` of ``tiled_gemms``: (part of the output channels, batch, group, first phase of its depth phase,
+    those phases' counts, the block it covers as (first, size) in (depth, rows, columns) of their outputs, the most
+    rows and the most columns a phase has in it: 0 when the task has nothing to compute)."""
+    sh, sw = sizes[_STRIDE_H], sizes[_STRIDE_W]
+    band_rows, piece_width = sizes[_BAND_ROWS], sizes[_PIECE_WIDTH]
+    part = task % sizes[_PARTS]
+    rest = task // sizes[_PARTS]
+    piece = rest % sizes[_PIECES]
+    rest //= sizes[_PIECES]
+    band = rest % sizes[_BANDS]
+    rest //= sizes[_BANDS]
+    md = rest % sizes[_MOST_D]
+    rest //= sizes[_MOST_D]
+    plane_first = (rest % sizes[_DEPTH_PHASES]) * sh * sw
+    rest //= sizes[_DEPTH_PHASES]
+    g, n = rest % sizes[_GROUP], rest // sizes[_GROUP]
+    counts = phase_counts[plane_first:plane_first + sh * sw]
+    block_first, block_size = (md, band * band_rows, piece * piece_width), (1, band_rows, piece_width)
+    rows, widest = 0, 0
+    for p in range(sh * sw):
+        _, phase_rows, columns = block_extent(counts, p, block_first, block_size)
+        rows, widest = max(rows, phase_rows), max(widest, columns)
+    if md >= counts[0, 0]:
+        rows = 0
+    return part, n, g, plane_first, counts, block_first, block_size, rows, widest
+
+
 @tasks
 def _tile_loop(first, last, sizes, b, w, scale, shift, phase_origin, phase_counts, phase_start, b_offsets, a_offsets,
                y):
@@ -178,8 +207,7 @@ def _tile_loop(first, last, sizes, b, w, scale, shift, phase_origin, phase_count
     channel_length, pitch_h, pitch_w = sizes[_CHANNEL_LENGTH], sizes[_PITCH_H], sizes[_PITCH_W]
     group, c_in_g = sizes[_GROUP], sizes[_C_IN_G]
     sd, sh, sw = sizes[_STRIDE_D], sizes[_STRIDE_H], sizes[_STRIDE_W]
-    bands, band_rows, pieces, piece_width = sizes[_BANDS], sizes[_BAND_ROWS], sizes[_PIECES], sizes[_PIECE_WIDTH]
-    parts, depth_phases, most_d = sizes[_PARTS], sizes[_DEPTH_PHASES], sizes[_MOST_D]
+    parts = sizes[_PARTS]
     c_out_g = y.shape[1] // group
     c_in = group * c_in_g
     nr = tile_width(y.itemsize)
@@ -187,25 +215,8 @@ def _tile_loop(first, last, sizes, b, w, scale, shift, phase_origin, phase_count
     plane_phases = sh * sw  # the phases of one depth phase: a task's, stored together row by row
     scratch = np.empty(0, y.dtype)
     for task in range(first, last):
-        part = task % parts
-        rest = task // parts
-        piece = rest % pieces
-        rest //= pieces
-        band = rest % bands
-        rest //= bands
-        md = rest % most_d
-        rest //= most_d
-        plane_first = (rest % depth_phases) * plane_phases
-        rest //= depth_phases
-        g, n = rest % group, rest // group
-        counts = phase_counts[plane_first:plane_first + plane_phases]
-        h0, w0 = band * band_rows, piece * piece_width
-        block_first, block_size = (md, h0, w0), (1, band_rows, piece_width)
-        rows, widest = 0, 0
-        for p in range(plane_phases):
-            _, phase_rows, columns = block_extent(counts, p, block_first, block_size)
-            rows, widest = max(rows, phase_rows), max(widest, columns)
-        if md >= counts[0, 0] or rows == 0 or widest == 0:
+        part, n, g, plane_first, counts, block_first, block_size, rows, widest = _task(task, sizes, phase_counts)
+        if rows == 0 or widest == 0:
             continue
         # Tiles along each output row where a row's outputs round up to whole tiles within the padded pitch
         # (then no tile computes the padding columns between rows); else along the flat band.
@@ -220,7 +231,7 @@ def _tile_loop(first, last, sizes, b, w, scale, shift, phase_origin, phase_count
             scratch = np.empty(channels * plane_phases * span, y.dtype)
         c = scratch[:channels * plane_phases * span]
         acc = c.reshape((channels, plane_phases, span))  # acc[j]: C-contiguous, for store_phases' loops
-        start = md * pitch_h + h0 * pitch_w + w0
+        start = block_first[0] * pitch_h + block_first[1] * pitch_w + block_first[2]
         b_base = (n * c_in + g * c_in_g) * channel_length + start
         for p in range(plane_phases):
             r = plane_first + p
@@ -271,8 +282,7 @@ def _channel_tile_loop(first, last, sizes, b, packed, scale, shift, phase_origin
     channel_length, pitch_h, pitch_w = sizes[_CHANNEL_LENGTH], sizes[_PITCH_H], sizes[_PITCH_W]
     group, c_in_g = sizes[_GROUP], sizes[_C_IN_G]
     sd, sh, sw = sizes[_STRIDE_D], sizes[_STRIDE_H], sizes[_STRIDE_W]
-    bands, band_rows, pieces, piece_width = sizes[_BANDS], sizes[_BAND_ROWS], sizes[_PIECES], sizes[_PIECE_WIDTH]
-    parts, depth_phases, most_d = sizes[_PARTS], sizes[_DEPTH_PHASES], sizes[_MOST_D]
+    parts = sizes[_PARTS]
     pitch = sizes[_PACKED_PITCH]
     phases, pairs = b_offsets.shape
     c_out_g = y.shape[1] // group
@@ -283,25 +293,8 @@ def _channel_tile_loop(first, last, sizes, b, packed, scale, shift, phase_origin
     w_rows = np.arange(pairs) * pitch  # row k of a phase's packed weights
     scratch = np.empty(0, y.dtype)
     for task in range(first, last):
-        part = task % parts
-        rest = task // parts
-        piece = rest % pieces
-        rest //= pieces
-        band = rest % bands
-        rest //= bands
-        md = rest % most_d
-        rest //= most_d
-        plane_first = (rest % depth_phases) * plane_phases
-        rest //= depth_phases
-        g, n = rest % group, rest // group
-        counts = phase_counts[plane_first:plane_first + plane_phases]
-        h0, w0 = band * band_rows, piece * piece_width
-        block_first, block_size = (md, h0, w0), (1, band_rows, piece_width)
-        rows, widest = 0, 0
-        for p in range(plane_phases):
-            _, phase_rows, columns = block_extent(counts, p, block_first, block_size)
-            rows, widest = max(rows, phase_rows), max(widest, columns)
-        if md >= counts[0, 0] or rows == 0 or widest == 0:
+        part, n, g, plane_first, counts, block_first, block_size, rows, widest = _task(task, sizes, phase_counts)
+        if rows == 0 or widest == 0:
             continue
         span = _flat_tiles(rows, pitch_w, widest, MR) * MR
         block_lo, block_hi = part * blocks // parts, (part + 1) * blocks // parts
@@ -310,7 +303,8 @@ def _channel_tile_loop(first, last, sizes, b, packed, scale, shift, phase_origin
             scratch = np.empty(size, y.dtype)
         c = scratch[:size]
         acc = c.reshape((block_hi - block_lo, plane_phases, span, nr))
-        a_base = (n * c_in + g * c_in_g) * channel_length + md * pitch_h + h0 * pitch_w + w0
+        a_base = (n * c_in + g * c_in_g) * channel_length + block_first[0] * pitch_h + block_first[1] * pitch_w + \
+            block_first[2]
         for p in range(plane_phases):
             r = plane_first + p
             _, phase_rows, columns = block_extent(counts, p, block_first, block_size)
