@@ -43,8 +43,12 @@ OBSERVED = {
 }
 # Models MNN 3.6.1 now and then converts into a wrong model, output channel 4 wrong (seen three times on 2026-12-01,
 # each time in a fresh clone and on the first conversion; 13 conversions in a row in the development environment
-# were right; each conversion gives a different file): judged "fail, not repeatable" when one of the two is hit.
+# were right; each conversion gives a different file): judged "fail, not repeatable" when one of the two is hit. On
+# 2026-12-08, in a fresh clone, both conversions were hit alike, channels 4 and 5 wrong (20 checks in a row in the
+# development environment were right): then the verdict is a plain fail that names those channels.
 UNREPEATABLE = {"deconv3d_g2_mul_add_nobias"}
+UNREPEATABLE_CHANNELS = {"output wrong in channel(s) [4] of 8", "output wrong in channel(s) [5] of 8",
+                         "output wrong in channel(s) [4, 5] of 8"}
 
 
 def _words(report):
@@ -72,7 +76,8 @@ def test_demo_verdicts_match_what_mnn_does(engine):
         status, phrase = OBSERVED[spec.name]
         words = _words(report)
         if spec.name in UNREPEATABLE and not report.passed:
-            assert any("is not repeatable" in e for e in report.explanations), (spec.name, words)
+            assert (any("is not repeatable" in e for e in report.explanations)
+                    or UNREPEATABLE_CHANNELS & set(report.explanations)), (spec.name, words)
             continue
         assert ("pass" if report.passed else "fail") == status, (spec.name, words)
         if phrase:
