@@ -44,8 +44,10 @@ OBSERVED = {
 # Models MNN 3.6.1 now and then converts into a wrong model, output channel 4 wrong (seen three times on 2026-12-01,
 # each time in a fresh clone and on the first conversion; 13 conversions in a row in the development environment
 # were right; each conversion gives a different file): judged "fail, not repeatable" when one of the two is hit. On
-# 2026-12-08, in a fresh clone, both conversions were hit alike, channels 4 and 5 wrong (20 checks in a row in the
-# development environment were right): then the verdict is a plain fail that names those channels.
+# 2026-12-08, in four runs of .ci/run in fresh clones, both conversions were hit alike: MNN's ConvTranspose wrong in
+# channels 4 and 5 on its own inputs (DiffMax 0.09 of 2.04, its weights read back right; the site converted alone
+# right), while checks of the same model in a development environment were right 20 times in a row: then the verdict
+# is a plain fail that names those channels.
 UNREPEATABLE = {"deconv3d_g2_mul_add_nobias"}
 UNREPEATABLE_CHANNELS = {"output wrong in channel(s) [4] of 8", "output wrong in channel(s) [5] of 8",
                          "output wrong in channel(s) [4, 5] of 8"}
@@ -77,7 +79,7 @@ def test_demo_verdicts_match_what_mnn_does(engine):
         words = _words(report)
         if spec.name in UNREPEATABLE and not report.passed:
             assert (any("is not repeatable" in e for e in report.explanations)
-                    or UNREPEATABLE_CHANNELS & set(report.explanations)), (spec.name, words)
+                    or UNREPEATABLE_CHANNELS & set(words)), (spec.name, words)
             continue
         assert ("pass" if report.passed else "fail") == status, (spec.name, words)
         if phrase:
