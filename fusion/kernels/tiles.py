@@ -72,13 +72,12 @@ def tiled_gemms(b, channel_length, pitch_h, pitch_w, w, w_strides, group, c_in_g
     laid out flat, channel after channel (``fusion.kernels.shared.pad_input``,
     ``fusion.kernels.conv_polyphase.split_input``), with row pitches ``pitch_h, pitch_w``. ``y: (n, c_out, od, oh,
     ow)``. On ``numba.get_num_threads()`` threads."""
-    channels_as_vectors = _channels_as_vectors(y.shape[1] // group, c_in_g, phase_counts, phase_start, y.itemsize)
     # the tables as bytes: the plan is cached by value (the phase plans that own these tables are cached too)
     count, sizes, b_offsets, a_offsets = _plan_tasks(
         channel_length, pitch_h, pitch_w, tuple(w_strides), group, c_in_g, tuple(strides), phase_counts.tobytes(),
         phase_start.tobytes(), tap_index.tobytes(), tap_shift.tobytes(), y.shape[0], y.shape[1], y.itemsize,
-        numba.get_num_threads(), channels_as_vectors)
-    if channels_as_vectors:
+        numba.get_num_threads())
+    if sizes[_PACKED_PITCH]:  # output channels in vectors
         packed = pack_weights(w, sizes, a_offsets, phase_start, y.shape[1] // group, y.dtype)
         _channel_tile_loop(count, sizes, b, packed, scale, shift, phase_origin, phase_counts, phase_start, b_offsets,
                            y)
@@ -123,18 +122,20 @@ def pack_weights(w, sizes, a_offsets, phase_start, c_out_g: int, dtype) -> np.nd
 
 @lru_cache(maxsize=256)
 def _plan_tasks(channel_length, pitch_h, pitch_w, w_strides, group, c_in_g, strides, phase_counts, phase_start,
-                tap_index, tap_shift, n_batch, c_out, itemsize, threads, channels_as_vectors):
+                tap_index, tap_shift, n_batch, c_out, itemsize, threads):
     """``(tasks, sizes, b_offsets, a_offsets)`` of ``tiled_gemms``, read-only: row ``k = ci*taps + t`` of phase
     ``r``'s ``B`` is ``b_offsets[r, k]`` into ``b`` (channel ``ci`` shifted by tap ``t``), its ``A`` column
-    ``a_offsets[r, k]`` into ``w``; ``sizes`` as its named indices say; a block of output channels is ``MR`` of them,
-    or ``NR`` when ``channels_as_vectors``. The tables arrive as bytes (int64). Plain Python, cached: compiling it
-    cost a first call 1.6 s (benchmarks/NOTES.md, "Parallel loops without prange")."""
+    ``a_offsets[r, k]`` into ``w``; ``sizes`` as its named indices say, ``sizes[_PACKED_PITCH]`` 0 unless output
+    channels go in vectors (``_channels_as_vectors``; a block of output channels is then ``NR`` of them, else ``MR``).
+    The tables arrive as bytes (int64). Plain Python, cached: compiling it cost a first call 1.6 s
+    (benchmarks/NOTES.md, "Parallel loops without prange")."""
     phase_counts = np.frombuffer(phase_counts, np.int64).reshape(-1, 3)
     phase_start, tap_index, tap_shift = (np.frombuffer(table, np.int64) for table in (phase_start, tap_index,
                                                                                      tap_shift))
     c_out_g = c_out // group
     nr = tile_positions(itemsize)
     phases = phase_counts.shape[0]
+    channels_as_vectors = _channels_as_vectors(c_out_g, c_in_g, phase_counts, phase_start, itemsize)
     channel_block = nr if channels_as_vectors else MR
     blocks = (c_out_g + channel_block - 1) // channel_block
     taps = np.diff(phase_start)
